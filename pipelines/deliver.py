@@ -1,0 +1,137 @@
+"""Deliver events to every configured destination.
+
+    python -m pipelines.deliver --integrations examples/integrations.json \\
+        --input 'examples/events/*.ndjson' --dead_letter out/dead_letters --summary out/summary.json
+
+Batch mode by default, on the DirectRunner's batch engine (``FnApiRunner``; plain ``DirectRunner``
+first tries to download Prism). Any Beam option may be added (``--runner``, ``--direct_num_workers`` ...).
+
+Exit status: 0 success, 2 configuration error (every problem listed), 1 failed run.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+import apache_beam as beam
+import orjson
+from apache_beam.coders import BytesCoder
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipelines.options import DeliveryOptions
+from transforms import accounting
+from transforms.dedup import DeduplicateEvents
+from transforms.deadletter import WriteDeadLetters
+from transforms.integrations import load_integrations
+from transforms.parse import ParseEvents, ParseSettings
+from transforms.routing import PrepareForIntegration
+from transforms.sinks import REGISTRY
+
+DEFAULT_BATCH_RUNNER = "FnApiRunner"
+log = logging.getLogger("beamhouse")
+
+
+def parse_settings(opts: DeliveryOptions, integrations) -> ParseSettings:
+    purposes = []
+    for integ in integrations:
+        if integ.enabled and integ.config.consent is not None:
+            purposes.extend(p for p in integ.config.consent.require if p not in purposes)
+    source_id = opts.source_id
+    if source_id is None:
+        sources = sorted({i.source_id for i in integrations if i.enabled})
+        source_id = sources[0] if len(sources) == 1 else "unknown"
+    return ParseSettings(
+        source_id=source_id,
+        max_event_bytes=opts.max_event_bytes,
+        max_nesting_depth=opts.max_nesting_depth,
+        max_past_days=opts.max_past_days,
+        max_future_hours=opts.max_future_hours,
+        tenant_id_field=opts.tenant_id_field,
+        app_id_field=opts.app_id_field,
+        consent_purposes=tuple(purposes),
+        shards=opts.shards,
+    )
+
+
+def build_pipeline(p, inputs, integrations, settings: ParseSettings, dead_letter_path: str) -> dict:
+    """Apply the delivery graph to ``p``. Returns the outputs by name (for tests)."""
+    reads = [p | f"ReadInput{i}" >> beam.io.ReadFromText(glob, coder=BytesCoder()) for i, glob in enumerate(inputs)]
+    lines = reads[0] if len(reads) == 1 else reads | "FlattenInputs" >> beam.Flatten()
+    parsed = lines | "ParseEvents" >> ParseEvents(settings)
+    unique = parsed.events | "DeduplicateEvents" >> DeduplicateEvents()
+    dead_letters = [parsed.dead_letters]
+    outputs = {"unique": unique, "integrations": {}}
+    for integ in integrations:
+        if not integ.enabled:
+            continue
+        iid = integ.integration_id
+        prepared = unique | f"Prepare[{iid}]" >> PrepareForIntegration(integ)
+        written = prepared | f"Write[{iid}]" >> REGISTRY[integ.vendor].write(integ)
+        dead_letters.append(written["dead_letters"])
+        outputs["integrations"][iid] = written
+    all_dead = dead_letters | "FlattenDeadLetters" >> beam.Flatten()
+    outputs["dead_letters"] = all_dead
+    outputs["dead_letter_files"] = all_dead | "WriteDeadLetters" >> WriteDeadLetters(dead_letter_path)
+    return outputs
+
+
+def _check_inputs(inputs) -> list[str]:
+    errors = []
+    for glob in inputs:
+        try:
+            if not FileSystems.match([glob])[0].metadata_list:
+                errors.append(f"--input {glob}: no file matches")
+        except Exception as exc:  # noqa: BLE001
+            errors.append(f"--input {glob}: cannot list ({type(exc).__name__})")
+    return errors
+
+
+def run(argv=None) -> int:
+    """Run the delivery job; returns the exit status."""
+    options = PipelineOptions(argv)
+    opts = options.view_as(DeliveryOptions)
+    if options.view_as(StandardOptions).runner is None:
+        options.view_as(StandardOptions).runner = DEFAULT_BATCH_RUNNER
+    integrations, errors = load_integrations(opts.integrations)
+    inputs = opts.input or []
+    if not inputs:
+        errors.append("--input: at least one input glob is required")
+    errors += _check_inputs(inputs)
+    for name in ("max_event_bytes", "max_nesting_depth", "shards"):
+        if getattr(opts, name) < 1:
+            errors.append(f"--{name}: must be at least 1")
+    if errors:
+        print(f"{len(errors)} configuration error(s):", file=sys.stderr)
+        for err in errors:
+            print(f"  {err}", file=sys.stderr)
+        return 2
+    enabled = [i for i in integrations if i.enabled]
+    settings = parse_settings(opts, integrations)
+    try:
+        p = beam.Pipeline(options=options)
+        build_pipeline(p, inputs, enabled, settings, opts.dead_letter)
+        result = p.run()
+        result.wait_until_finish()
+    except Exception as exc:  # noqa: BLE001 - report and exit 1; the traceback goes to the debug log
+        log.debug("run failed", exc_info=True)
+        print(f"run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    summary = accounting.summarise(accounting.counters(result), enabled)
+    print(accounting.format_summary(summary))
+    if opts.summary:
+        with open(opts.summary, "wb") as fh:
+            fh.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
+    if not summary["balanced"]:
+        print("run failed: accounting does not balance (see summary)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    sys.exit(run(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

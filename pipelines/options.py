@@ -1,0 +1,33 @@
+"""Command-line options of the delivery pipeline (every Beam option is accepted as well)."""
+from apache_beam.options.pipeline_options import PipelineOptions
+
+
+class DeliveryOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--integrations", required=True,
+                            help="Integrations file: a JSON list of integration objects (see README).")
+        parser.add_argument("--input", action="append", default=None,
+                            help="Input glob on any Beam filesystem; .ndjson or .ndjson.gz (by extension). "
+                                 "Repeat for several globs.")
+        parser.add_argument("--dead_letter", default="dead_letters",
+                            help="Directory (any Beam filesystem) for dead-letter NDJSON files.")
+        parser.add_argument("--summary", default=None,
+                            help="Write the run's accounting as JSON to this local file.")
+        parser.add_argument("--source_id", default=None,
+                            help="Source id for dead letters and derived event ids; defaults to the "
+                                 "integrations' source_id when they share one.")
+        parser.add_argument("--tenant_id_field", default="context.tenant_id",
+                            help="Dotted path of the tenant id in an event (for partition templates).")
+        parser.add_argument("--app_id_field", default="context.app_id",
+                            help="Dotted path of the app id in an event (for partition templates).")
+        parser.add_argument("--max_event_bytes", type=int, default=65_536,
+                            help="Longer lines are dead-lettered as too_large.")
+        parser.add_argument("--max_nesting_depth", type=int, default=64,
+                            help="Deeper events are dead-lettered as too_deep.")
+        parser.add_argument("--max_past_days", type=float, default=3_650,
+                            help="Events timed more than this before received_at are timestamp_out_of_range.")
+        parser.add_argument("--max_future_hours", type=float, default=24,
+                            help="Events timed more than this after received_at are timestamp_out_of_range.")
+        parser.add_argument("--shards", type=int, default=4,
+                            help="Dedup shards: how many parallel groups duplicates are removed in.")

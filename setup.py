@@ -1,0 +1,52 @@
+"""beamhouse: deliver analytics events to warehouses and lakes with one Apache Beam pipeline.
+
+Install for use:            pip install -e .
+Install for development:    pip install -e '.[test]'
+"""
+from setuptools import find_packages, setup
+
+# Pins that must hold together (resolved in one install):
+# - apache-beam 2.77 supports pyarrow < 26.
+# - duckdb >= 1.1 for JSON columns and Arrow scans.
+INSTALL_REQUIRES = [
+    "apache-beam[gcp,aws]==2.77.0",
+    "pyarrow>=14,<26",
+    "google-cloud-bigquery>=3.20,<4",
+    "boto3>=1.34",
+    "duckdb>=1.1,<3",
+    "orjson>=3.10,<4",
+    "pydantic>=2.7,<3",
+    "zstandard>=0.22",
+]
+
+EXTRAS = {
+    "test": [
+        "pytest>=8",
+        "pytest-timeout>=2.3",
+        "hypothesis>=6.100",
+        "sqlglot>=25",
+    ],
+    # Destinations that need nothing beyond the core install today; kept as named
+    # extras so `pip install beamhouse[duckdb]` keeps working as destinations grow.
+    "duckdb": [],
+    "files": [],
+}
+
+setup(
+    name="beamhouse",
+    version="0.1.0",
+    description="Deliver analytics events to warehouses and lakes with one Apache Beam pipeline.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={
+        "console_scripts": [
+            "beamhouse-deliver=pipelines.deliver:main",
+            "beamhouse-validate=pipelines.validate:main",
+        ]
+    },
+)

@@ -1,0 +1,70 @@
+"""The run's accounting, from Beam metrics: every input event is delivered, consent-dropped, a
+duplicate or dead-lettered, per integration.
+
+Per integration: ``input = delivered + consent_dropped + duplicates + dead_lettered`` where
+``dead_lettered`` counts the parse/normalise dead letters (shared by all integrations) plus the
+integration's own sink-stage dead letters.
+"""
+from __future__ import annotations
+
+from apache_beam.metrics.metric import MetricsFilter
+
+from transforms.deadletter import NAMESPACE
+
+
+def counters(result) -> dict[str, int]:
+    """Committed counter values of the run, by name."""
+    query = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
+    totals: dict[str, int] = {}
+    for counter in query["counters"]:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + (value or 0)
+    return totals
+
+
+def summarise(values: dict[str, int], integrations) -> dict:
+    """Build the summary document (what ``--summary`` writes)."""
+    shared_dead = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith("dead_letter.")}
+    total_input = values.get("input", 0)
+    duplicates = values.get("duplicates", 0)
+    summary = {
+        "input": total_input,
+        "blank_lines": values.get("blank_lines", 0),
+        "duplicates": duplicates,
+        "unique": values.get("unique", 0),
+        "dead_letters": {"total": sum(shared_dead.values()), "by_reason": dict(sorted(shared_dead.items()))},
+        "integrations": {},
+        "balanced": True,
+    }
+    for integ in integrations:
+        iid = integ.integration_id
+        prefix = f"{iid}."
+        own = {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix)}
+        own_dead = {k.split(".", 1)[1]: v for k, v in own.items() if k.startswith("dead_letter.")}
+        entry = {
+            "vendor": integ.vendor,
+            "delivered": own.get("delivered", 0),
+            "consent_dropped": own.get("consent_dropped", 0),
+            "dead_lettered": sum(shared_dead.values()) + sum(own_dead.values()),
+            "sink_dead_letters": dict(sorted(own_dead.items())),
+        }
+        for key in ("files", "files_already_present", "reports", "rows_inserted", "rows_already_present"):
+            if key in own:
+                entry[key] = own[key]
+        accounted = entry["delivered"] + entry["consent_dropped"] + duplicates + entry["dead_lettered"]
+        entry["balanced"] = accounted == total_input
+        summary["balanced"] &= entry["balanced"]
+        summary["integrations"][iid] = entry
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"input {summary['input']}  duplicates {summary['duplicates']}  "
+             f"dead letters {summary['dead_letters']['total']}"]
+    for reason, n in summary["dead_letters"]["by_reason"].items():
+        lines.append(f"  dead letter {reason}: {n}")
+    for iid, e in summary["integrations"].items():
+        extra = "".join(f"  {k} {e[k]}" for k in ("files", "files_already_present", "rows_inserted") if k in e)
+        lines.append(f"{iid} ({e['vendor']}): delivered {e['delivered']}  consent_dropped {e['consent_dropped']}"
+                     f"  dead_lettered {e['dead_lettered']}{extra}  {'balanced' if e['balanced'] else 'NOT BALANCED'}")
+    return "\n".join(lines)

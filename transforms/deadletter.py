@@ -1,0 +1,108 @@
+"""Dead letters: one NDJSON record per rejected event, with a stable reason code.
+
+Record fields: ``reason``, ``stage`` (parse | normalise | sink), ``error`` (never a secret),
+``source_id``, ``integration_id`` (when known), ``received_at``, ``event_id`` (when known), and the
+original ``payload`` as text, or ``payload_base64`` when it was not valid UTF-8.
+
+``WriteDeadLetters(path)`` writes them with the same commit protocol as data files (deterministic names,
+no overwrite); if they cannot be written the run fails rather than losing the events.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+
+import apache_beam as beam
+import orjson
+from apache_beam.metrics import Metrics
+
+from transforms import commit
+from transforms.timestamps import format_us
+
+NAMESPACE = "beamhouse"
+RECORDS_PER_FILE = 10_000
+
+REASONS = {
+    "invalid_utf8": "the line is not valid UTF-8 (payload kept as payload_base64)",
+    "parse_error": "not valid JSON: malformed, NaN/Infinity, lone surrogate escapes, trailing data",
+    "not_an_object": "valid JSON whose top level is not an object",
+    "too_large": "the line is longer than --max_event_bytes",
+    "too_deep": "objects/arrays nested deeper than --max_nesting_depth",
+    "unknown_type": "type missing or not one of page, track, identify, group, screen, alias",
+    "missing_event_name": "a track event without a non-empty event name",
+    "missing_identity": "neither userId nor anonymousId",
+    "invalid_field": "a known field has the wrong JSON type or length (the error names the field)",
+    "conflicting_event_id": "messageId and event_id are both present and differ",
+    "invalid_timestamp": "timestamp, originalTimestamp, receivedAt or sentAt cannot be parsed",
+    "timestamp_out_of_range": "timestamp outside the window around received_at",
+    "invalid_partition_value": "a value the partition template needs is missing, empty or too long",
+    "sink_rejected": "the destination refused the event (the error says why)",
+}
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def make_record(reason: str, stage: str, error: str, payload, source_id: str | None,
+                integration_id: str | None = None, event_id: str | None = None,
+                received_at_us: int | None = None) -> dict:
+    """Build a dead-letter record. ``payload`` is the original bytes (or already-decoded text)."""
+    assert reason in REASONS, reason
+    record = {
+        "reason": reason,
+        "stage": stage,
+        "error": error,
+        "source_id": source_id,
+        "integration_id": integration_id,
+        "received_at": format_us(received_at_us if received_at_us is not None else now_us()),
+        "event_id": event_id,
+    }
+    if isinstance(payload, bytes):
+        try:
+            record["payload"] = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            record["payload_base64"] = base64.b64encode(payload).decode("ascii")
+    else:
+        record["payload"] = payload
+    return {k: v for k, v in record.items() if v is not None}
+
+
+def count(reason: str, integration_id: str | None = None, n: int = 1) -> None:
+    name = f"dead_letter.{reason}" if integration_id is None else f"{integration_id}.dead_letter.{reason}"
+    Metrics.counter(NAMESPACE, name).inc(n)
+
+
+class _WriteDeadLetterFilesFn(beam.DoFn):
+    def __init__(self, root: str):
+        self._root = root
+
+    def process(self, records):
+        if not records:
+            return
+        # Names come from the records without their processing time, sorted: a re-run of the same input
+        # produces the same names, finds the files already there and writes nothing.
+        keyed = sorted((orjson.dumps({k: v for k, v in r.items() if k != "received_at"}, option=orjson.OPT_SORT_KEYS),
+                        orjson.dumps(r, option=orjson.OPT_SORT_KEYS)) for r in records)
+        storage = commit.storage_for(self._root)
+        for start in range(0, len(keyed), RECORDS_PER_FILE):
+            chunk = keyed[start:start + RECORDS_PER_FILE]
+            data = b"\n".join(line for _, line in chunk) + b"\n"
+            digest = hashlib.sha256(b"\n".join(key for key, _ in chunk)).hexdigest()[:16]
+            name = f"dead_letters-{digest}.ndjson"
+            # Publishing failures raise and fail the run: dead letters must be durable.
+            yield commit.publish_bytes(storage, name, data, records=len(chunk))
+
+
+class WriteDeadLetters(beam.PTransform):
+    """Write every dead-letter record under ``path``; fails the run if they cannot be written."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self._path = path
+
+    def expand(self, records):
+        return (records
+                | "CollectDeadLetters" >> beam.combiners.ToList()
+                | "WriteDeadLetterFiles" >> beam.ParDo(_WriteDeadLetterFilesFn(self._path)))

@@ -1,0 +1,171 @@
+"""The integrations file: a JSON list of integration objects, validated all at once.
+
+Each object has the shape of the management-API body in seed 000::
+
+    {"source_id": "src_abc123", "vendor": "files", "name": "Local lake", "enabled": true,
+     "config": {"path": "out/lake", "file_format": "parquet", "batch_size": 500}}
+
+``integration_id`` is optional; when absent it is derived stably from ``name`` ("Local lake" ->
+``local_lake``). ``config`` is checked by the vendor's own model (see ``transforms.sinks``). Every
+config accepts ``batch_size`` (default 500), ``batch_interval_seconds`` (default 60), ``consent`` and
+``properties``.
+
+Use::
+
+    integrations, errors = load_integrations("integrations.json")
+    if errors: print("\\n".join(errors))   # every problem, each with its JSON path; values never echoed
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+_PURPOSE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_INTEGRATION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_SELECTABLE_ROOTS = ("context", "properties", "traits")
+
+
+class ConsentConfig(BaseModel):
+    """``{"require": ["analytics"]}``: an event passes only if ``context.consent.<purpose>`` is JSON
+    ``true`` for every listed purpose."""
+
+    model_config = ConfigDict(extra="forbid")
+    require: list[str] = Field(min_length=1)
+
+    @field_validator("require")
+    @classmethod
+    def _purposes(cls, value: list[str]) -> list[str]:
+        for purpose in value:
+            if not _PURPOSE.match(purpose):
+                raise ValueError("purposes are names of letters, digits, '_', '.' or '-' (at most 64)")
+        return list(dict.fromkeys(value))
+
+
+class PropertySelection(BaseModel):
+    """``{"exclude": ["context.ip", "traits.email"]}`` or ``{"include": [...]}`` (not both). Paths are
+    dotted and start at ``context``, ``properties`` or ``traits``; ``include`` keeps only the listed
+    paths within those three columns (a bare root such as ``"properties"`` keeps all of it)."""
+
+    model_config = ConfigDict(extra="forbid")
+    include: list[str] | None = None
+    exclude: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "PropertySelection":
+        if (self.include is None) == (self.exclude is None):
+            raise ValueError("give exactly one of 'include' or 'exclude'")
+        for path in self.include or self.exclude or []:
+            parts = path.split(".")
+            if parts[0] not in _SELECTABLE_ROOTS or any(p == "" for p in parts):
+                raise ValueError(f"path {path!r} must be dotted and start with context, properties or traits")
+            if self.exclude is not None and len(parts) == 1:
+                raise ValueError(f"exclude path {path!r} names a whole column; name a key inside it")
+        return self
+
+
+class BaseDestinationConfig(BaseModel):
+    """Settings every vendor accepts. Vendor models subclass this."""
+
+    model_config = ConfigDict(extra="forbid")
+    batch_size: int = Field(500, ge=1, le=1_000_000)
+    batch_interval_seconds: float = Field(60, gt=0, le=86_400)
+    consent: ConsentConfig | None = None
+    properties: PropertySelection | None = None
+    profile: Literal["warehouse"] = "warehouse"
+
+
+class Integration(BaseModel):
+    """One configured destination."""
+
+    model_config = ConfigDict(extra="forbid")
+    source_id: str = Field(min_length=1, max_length=128)
+    vendor: str
+    name: str = Field(min_length=1, max_length=256)
+    enabled: bool = True
+    integration_id: str | None = None
+    config: Any
+
+    @model_validator(mode="after")
+    def _derive_id(self) -> "Integration":
+        if self.integration_id is None:
+            self.integration_id = derive_integration_id(self.name)
+        elif not _INTEGRATION_ID.match(self.integration_id):
+            raise ValueError("integration_id: letters, digits, '_' or '-', starting with a letter or digit (at most 64)")
+        return self
+
+
+def derive_integration_id(name: str) -> str:
+    """Stable id from a display name: lower case, runs of other characters become ``_``."""
+    slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")[:64]
+    if not slug:
+        raise ValueError("name must contain a letter or digit to derive integration_id from")
+    return slug
+
+
+def _format_errors(prefix: str, exc: ValidationError) -> list[str]:
+    # Only the location and message: pydantic's 'input' would echo values, which may be secrets.
+    out = []
+    for err in exc.errors(include_input=False, include_url=False):
+        path = prefix + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])
+        msg = err["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        out.append(f"{path}: {msg}")
+    return out
+
+
+def validate_integrations(data: Any) -> tuple[list[Integration], list[str]]:
+    """Validate parsed JSON. Returns the enabled-or-not integrations and every problem found."""
+    from transforms.sinks import REGISTRY  # sinks import Beam; keep this module importable without it
+
+    if isinstance(data, dict):
+        data = [data]  # one integration object, as the seed's API body, is accepted too
+    if not isinstance(data, list):
+        return [], ["$: the integrations file must hold a JSON list of integration objects"]
+    integrations: list[Integration] = []
+    errors: list[str] = []
+    for i, item in enumerate(data):
+        where = f"$[{i}]"
+        try:
+            integ = Integration.model_validate(item)
+        except ValidationError as exc:
+            errors.extend(_format_errors(where, exc))
+            continue
+        vendor = REGISTRY.get(integ.vendor)
+        if vendor is None:
+            errors.append(f"{where}.vendor: unsupported vendor (supported: {', '.join(sorted(REGISTRY))})")
+            continue
+        try:
+            integ.config = vendor.config_model.model_validate(integ.config)
+        except ValidationError as exc:
+            errors.extend(_format_errors(f"{where}.config", exc))
+            continue
+        integrations.append(integ)
+    seen: dict[str, int] = {}
+    for i, integ in enumerate(integrations):
+        if integ.integration_id in seen:
+            errors.append(f"$[{i}].integration_id: duplicate integration_id {integ.integration_id!r} "
+                          f"(give each integration a distinct name or integration_id)")
+        seen[integ.integration_id] = i
+    if not errors and not any(integ.enabled for integ in integrations):
+        errors.append("$: no enabled integration")
+    return integrations, errors
+
+
+def load_integrations(path: str) -> tuple[list[Integration], list[str]]:
+    """Read and validate an integrations file from any Beam filesystem path."""
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        with FileSystems.open(path) as fh:
+            raw = fh.read()
+    except Exception as exc:  # noqa: BLE001 - any I/O problem is a configuration error here
+        return [], [f"{path}: cannot read the integrations file ({type(exc).__name__})"]
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return [], [f"{path}: not valid JSON ({exc})"]
+    return validate_integrations(data)

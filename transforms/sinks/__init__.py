@@ -1,0 +1,22 @@
+"""Destinations: one module per vendor, each with its config model and its ``WriteEventsTo...``
+transform. A write transform takes prepared event batches and returns ``{"files": ..., "dead_letters": ...}``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from transforms.sinks import duckdb as duckdb_sink
+from transforms.sinks import files as files_sink
+
+
+@dataclass(frozen=True)
+class Vendor:
+    config_model: type
+    write: Callable  # (Integration) -> PTransform
+
+
+REGISTRY = {
+    "files": Vendor(files_sink.FilesConfig, files_sink.WriteEventsToFiles),
+    "duckdb": Vendor(duckdb_sink.DuckDBConfig, duckdb_sink.WriteEventsToDuckDB),
+}
