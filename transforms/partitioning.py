@@ -14,7 +14,9 @@ including ``.``, ``/``, ``%`` and control characters, becomes ``%XX``. So ``..``
 result always stays under the destination root.
 
 >>> t = parse_template("tenant={tenant_id}/{date}")
->>> render_partition(t, "2026-01-29", {"tenant_id": "../etc"})
+>>> t.strftime == "tenant=" + FIELD_MARK + "/%Y-%m-%d"   # Arrow's strftime fills the time part
+True
+>>> render_partition(t, "tenant=" + FIELD_MARK + "/2026-01-29", {"_tenant_id": "../etc"})
 'tenant=%2E%2E%2Fetc/2026-01-29'
 """
 from __future__ import annotations
@@ -44,7 +46,7 @@ FIELD_TOKENS = {
     "event": "event",
 }
 # Stands in for a field value in the strftime pattern; cannot occur in a template (validated).
-FIELD_MARK = "\x00"
+FIELD_MARK = "\x1f"  # a control character: never in a template (validated), and Arrow stops at NUL
 MAX_COMPONENT_BYTES = 200
 
 _TOKEN = re.compile(r"\{([^{}]*)\}")

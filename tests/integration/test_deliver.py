@@ -1,0 +1,258 @@
+"""End to end on the FnApiRunner: generated events -> Parquet lake, gzip NDJSON archive, CSV tenant
+layout, DuckDB. Ends with the delivery invariants (conservation, no duplicate, report integrity, no
+overwrite on re-run)."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from collections import defaultdict
+from decimal import Decimal
+from pathlib import Path
+
+import duckdb
+import orjson
+import pyarrow.dataset as ds
+import pytest
+
+from pipelines import deliver
+from tests.eventgen import generate
+from transforms.partitioning import decode_path_value
+
+REPO = Path(__file__).resolve().parents[2]
+RUNNER = "--runner=FnApiRunner"
+EVIL_TENANTS = ["../../etc", "%2e%2e", "a/b", "_hidden", "nul\x00byte", ".."]
+
+
+def integrations(root: Path) -> list[dict]:
+    consent = {"require": ["analytics"]}
+    return [
+        {"source_id": "src_example", "vendor": "files", "name": "Lake", "config": {
+            "path": str(root / "lake"), "file_format": "parquet", "consent": consent, "batch_size": 40}},
+        {"source_id": "src_example", "vendor": "files", "name": "Archive", "config": {
+            "path": str(root / "archive"), "file_format": "json", "compression": "gzip", "consent": consent}},
+        {"source_id": "src_example", "vendor": "files", "name": "Tenants", "config": {
+            "path": str(root / "tenants"), "file_format": "csv", "compression": "none",
+            "partition_by": "tenant_id={tenant_id}/{date}", "properties": {"exclude": ["context.ip"]}}},
+        {"source_id": "src_example", "vendor": "duckdb", "name": "Warehouse", "config": {
+            "path": str(root / "wh.duckdb"), "table": "analytics.events", "consent": consent}},
+        {"source_id": "src_example", "vendor": "files", "name": "Off", "enabled": False, "config": {"path": "x"}},
+    ]
+
+
+def evil_lines():
+    out = []
+    for n, tenant in enumerate(EVIL_TENANTS):
+        out.append(orjson.dumps({"type": "track", "event": "Evil", "anonymousId": "e", "messageId": f"evil-{n}",
+                                 "timestamp": "2026-01-29T10:00:00Z", "receivedAt": "2026-01-29T10:00:01Z",
+                                 "context": {"tenant_id": tenant}}))
+    # No tenant at all: the tenant layout cannot place it -> dead letter for that integration only.
+    out.append(b'{"type":"track","event":"NoTenant","anonymousId":"e","messageId":"no-tenant",'
+               b'"timestamp":"2026-01-29T10:00:00Z","receivedAt":"2026-01-29T10:00:01Z"}')
+    return out
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("deliver")
+    lines, truth = generate(n=1500, seed=11, tenants=4)
+    lines += evil_lines()
+    half = len(lines) // 2
+    (root / "in").mkdir()
+    (root / "in" / "a.ndjson").write_bytes(b"\n".join(lines[:half]) + b"\n\n")  # a blank line too
+    with gzip.open(root / "in" / "b.ndjson.gz", "wb") as fh:
+        fh.write(b"\r\n".join(lines[half:]) + b"\r\n")
+    (root / "integrations.json").write_bytes(orjson.dumps(integrations(root)))
+    argv = [f"--integrations={root / 'integrations.json'}", f"--input={root / 'in' / '*.ndjson'}",
+            f"--input={root / 'in' / '*.ndjson.gz'}", f"--dead_letter={root / 'dead'}",
+            f"--summary={root / 'summary.json'}", RUNNER]
+    assert deliver.run(argv) == 0
+    summary = orjson.loads((root / "summary.json").read_bytes())
+    return {"root": root, "truth": truth, "argv": argv, "summary": summary, "lines": len(lines)}
+
+
+def expected_consented(truth):
+    return {k for k, v in truth["unique"].items() if v["consented"]}
+
+
+def lake_rows(root: Path, name: str):
+    if name == "archive":
+        rows = []
+        for path in sorted((root / "archive").rglob("*.json.gz")):
+            rows += [orjson.loads(line) for line in gzip.decompress(path.read_bytes()).splitlines()]
+        return rows
+    return ds.dataset(root / name, format="parquet", partitioning="hive").to_table().to_pylist()
+
+
+def test_each_destination_holds_exactly_the_unique_consented_events(run):
+    want = expected_consented(run["truth"])
+    con = duckdb.connect(str(run["root"] / "wh.duckdb"), read_only=True)
+    warehouse = [r[0] for r in con.execute("SELECT event_id FROM analytics.events").fetchall()]
+    for name, ids in [("lake", [r["event_id"] for r in lake_rows(run["root"], "lake")]),
+                      ("archive", [r["event_id"] for r in lake_rows(run["root"], "archive")]),
+                      ("duckdb", warehouse)]:
+        assert len(ids) == len(set(ids)), f"{name}: duplicate event_id"  # I2
+        assert set(ids) == want, name
+
+
+def test_revenue_by_day_matches_to_the_cent(run):
+    expected = defaultdict(Decimal)
+    for facts in run["truth"]["unique"].values():
+        if facts["consented"] and facts["total"] is not None:
+            expected[facts["timestamp"].date().isoformat()] += facts["total"]
+    con = duckdb.connect(str(run["root"] / "wh.duckdb"), read_only=True)
+    got = dict(con.execute("""
+        SELECT CAST("timestamp" AS DATE)::VARCHAR AS day,
+               SUM(CAST(properties->>'$.total' AS DECIMAL(18, 2))) AS revenue
+        FROM analytics.events WHERE event = 'Order Completed' GROUP BY day""").fetchall())
+    assert got == dict(expected)
+    lake = defaultdict(Decimal)
+    for row in lake_rows(run["root"], "lake"):
+        if row["event"] == "Order Completed":
+            lake[row["timestamp"].date().isoformat()] += Decimal(str(orjson.loads(row["properties"])["total"]))
+    assert dict(lake) == dict(expected)
+    pages = con.execute("""SELECT context->>'$.page.url' AS url, COUNT(*) FROM analytics.events
+                           WHERE type = 'page' GROUP BY url""").fetchall()
+    want = defaultdict(int)
+    for facts in run["truth"]["unique"].values():
+        if facts["consented"] and facts["type"] == "page":
+            want[facts["page_url"]] += 1
+    assert dict(pages) == dict(want)
+
+
+def test_partitions_match_event_time_in_utc(run):
+    truth = run["truth"]["unique"]
+    rows = lake_rows(run["root"], "lake")
+    assert rows
+    for row in rows:
+        ts = truth[row["event_id"]]["timestamp"]
+        assert row["timestamp"] == ts
+        assert (int(row["year"]), int(row["month"]), int(row["day"]), int(row["hour"])) == \
+               (ts.year, ts.month, ts.day, ts.hour)
+    for path in (run["root"] / "lake").rglob("*.parquet"):
+        assert re.fullmatch(r"events-\d{10}-[0-9a-f]{16}\.parquet", path.name)
+
+
+def test_every_file_is_listed_in_a_report_and_matches(run):
+    for name, pattern in [("lake", "*.parquet"), ("archive", "*.json.gz"), ("tenants", "*.csv")]:
+        base = run["root"] / name
+        data_files = {str(p.relative_to(base)) for p in base.rglob(pattern) if "_" != p.relative_to(base).parts[0][0]}
+        listed = {}
+        for report in (base / "_reports").glob("*_delivery.report"):
+            for entry in orjson.loads(report.read_bytes())["files"]:
+                listed[entry["path"]] = entry
+        assert set(listed) == data_files, name  # I3: nothing unlisted, nothing missing
+        for rel, entry in listed.items():
+            data = (base / rel).read_bytes()
+            assert len(data) == entry["bytes"] and hashlib.sha256(data).hexdigest() == entry["sha256"]
+        assert not list((base / "_beamhouse_tmp").iterdir())
+    # batch_size caps events per file
+    counts = [e["records"] for r in (run["root"] / "lake" / "_reports").glob("*") for e in orjson.loads(r.read_bytes())["files"]]
+    assert max(counts) <= 40
+
+
+def test_dead_letters_and_accounting(run):
+    records = []
+    for path in (run["root"] / "dead").glob("*.ndjson"):
+        records += [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    by_reason = defaultdict(int)
+    for r in records:
+        assert r["reason"] and r["stage"] and r["error"] and r["received_at"] and r["source_id"] == "src_example"
+        assert "payload" in r or "payload_base64" in r
+        by_reason[r["reason"]] += 1
+    expected = dict(run["truth"]["bad"])
+    expected["invalid_partition_value"] = 1  # the event with no tenant, in the tenant layout only
+    assert dict(by_reason) == expected
+    s = run["summary"]
+    n_unique = len(run["truth"]["unique"]) + len(EVIL_TENANTS) + 1
+    assert s["input"] == run["lines"] and s["blank_lines"] == 1
+    assert s["duplicates"] == run["truth"]["duplicates"] and s["unique"] == n_unique
+    assert s["balanced"] and set(s["integrations"]) == {"lake", "archive", "tenants", "warehouse"}
+    for iid, e in s["integrations"].items():  # I1, per destination
+        assert e["delivered"] + e["consent_dropped"] + s["duplicates"] + e["dead_lettered"] == s["input"], iid
+    assert s["integrations"]["lake"]["delivered"] == len(expected_consented(run["truth"]))
+    assert s["integrations"]["tenants"]["delivered"] == n_unique - 1
+    assert s["integrations"]["tenants"]["consent_dropped"] == 0
+
+
+def test_hostile_tenant_ids_stay_under_the_root(run):
+    base = run["root"] / "tenants"
+    tenants = set()
+    for path in base.rglob("*.csv"):
+        rel = path.relative_to(base)
+        assert os.path.realpath(path).startswith(os.path.realpath(base) + os.sep)
+        assert rel.parts[0].startswith("tenant_id=")
+        tenants.add(decode_path_value(rel.parts[0][len("tenant_id="):]))
+    assert set(EVIL_TENANTS) <= tenants  # encoded reversibly, not dropped
+    assert not (run["root"] / "etc").exists()
+    text = "".join(p.read_text() for p in base.rglob("*.csv"))
+    assert "10.0." not in text  # context.ip excluded by the property selection
+
+
+def test_second_run_changes_nothing(run):
+    def snapshot():
+        return sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in run["root"].rglob("*")
+                      if p.is_file() and p.name not in ("summary.json",) and not p.name.endswith(".wal"))
+    before = snapshot()
+    assert deliver.run(run["argv"]) == 0
+    assert snapshot() == before  # I4: no file rewritten, none added
+    s = orjson.loads((run["root"] / "summary.json").read_bytes())
+    assert s["integrations"]["warehouse"]["rows_inserted"] == 0
+    assert s["integrations"]["lake"]["files"] == s["integrations"]["lake"]["files_already_present"]
+    con = duckdb.connect(str(run["root"] / "wh.duckdb"), read_only=True)
+    assert con.execute("SELECT count(*) FROM analytics.events").fetchone()[0] == len(expected_consented(run["truth"]))
+
+
+def test_invalid_configuration_exits_2_listing_every_problem(tmp_path, capsys):
+    bad = [{"source_id": "s", "vendor": "files", "name": "A", "config": {"path": "x", "batch_size": -1}},
+           {"source_id": "s", "vendor": "files", "name": "B", "config": {"file_format": "xml"}}]
+    (tmp_path / "bad.json").write_bytes(orjson.dumps(bad))
+    code = deliver.run([f"--integrations={tmp_path / 'bad.json'}", f"--input={tmp_path / 'none*.ndjson'}", RUNNER])
+    assert code == 2
+    err = capsys.readouterr().err
+    for expected in ["$[0].config.batch_size", "$[1].config.path", "$[1].config.file_format", "no file matches"]:
+        assert expected in err
+
+
+def test_unwritable_dead_letter_path_fails_the_run(tmp_path):
+    (tmp_path / "in.ndjson").write_bytes(b"{broken\n")
+    (tmp_path / "i.json").write_bytes(orjson.dumps(
+        [{"source_id": "s", "vendor": "files", "name": "A", "config": {"path": str(tmp_path / "lake")}}]))
+    (tmp_path / "dead").write_text("a file, not a folder")
+    code = deliver.run([f"--integrations={tmp_path / 'i.json'}", f"--input={tmp_path / 'in.ndjson'}",
+                        f"--dead_letter={tmp_path / 'dead'}", RUNNER])
+    assert code == 1
+
+
+def readme_command(marker: str) -> str:
+    text = (REPO / "README.md").read_text()
+    for line in text.splitlines():
+        if line.startswith("python3 -m venv .venv") and marker in line:
+            return line
+    raise AssertionError(f"README has no command running {marker}")
+
+
+def test_readme_example_command_runs_as_written(tmp_path):
+    command = readme_command("pipelines.deliver")
+    # The install part is what .ci/run just did; run the job part exactly, in a copy of the repo's examples.
+    job = command[command.index(".venv/bin/python -m pipelines.deliver"):]
+    argv = shlex.split(job)
+    argv[0] = sys.executable
+    shutil.copytree(REPO / "examples", tmp_path / "examples")
+    result = subprocess.run(argv + [RUNNER], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = orjson.loads((tmp_path / "out" / "summary.json").read_bytes())
+    assert summary["balanced"] and summary["integrations"]["local_lake"]["delivered"] > 0
+    assert list((tmp_path / "out" / "lake").rglob("*.parquet"))
+    con = duckdb.connect(str(tmp_path / "out" / "warehouse.duckdb"), read_only=True)
+    assert con.execute("SELECT count(*) FROM events").fetchone()[0] == summary["integrations"]["warehouse"]["delivered"]
+    # The warehouse integration excludes context.ip and traits.email.
+    assert con.execute("SELECT count(*) FROM events WHERE context->>'$.ip' IS NOT NULL "
+                       "OR traits->>'$.email' IS NOT NULL").fetchone()[0] == 0
+    assert "pytest" in readme_command("pytest") and readme_command("pytest") in (REPO / ".ci" / "run").read_text()
