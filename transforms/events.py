@@ -8,21 +8,11 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from transforms.profiles.warehouse import TIMESTAMP
+from transforms.profiles.warehouse import SCHEMA
 
-CANONICAL_FIELDS = [
-    pa.field("event_id", pa.string()),
-    pa.field("type", pa.string()),
-    pa.field("event", pa.string()),
-    pa.field("anonymous_id", pa.string()),
-    pa.field("user_id", pa.string()),
-    pa.field("timestamp", TIMESTAMP),
-    pa.field("received_at", TIMESTAMP),
-    pa.field("sent_at", TIMESTAMP),
-    pa.field("context", pa.string()),
-    pa.field("properties", pa.string()),
-    pa.field("traits", pa.string()),
-]
+# The profile's columns up to ``traits``; ids are stamped per integration. event_id is nullable here
+# only because Arrow batches are built before the schema is applied; the parser never emits a null id.
+CANONICAL_FIELDS = [pa.field(f.name, f.type) for f in SCHEMA][:11]
 
 
 def consent_column(purpose: str) -> str:

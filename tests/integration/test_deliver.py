@@ -256,3 +256,23 @@ def test_readme_example_command_runs_as_written(tmp_path):
     assert con.execute("SELECT count(*) FROM events WHERE context->>'$.ip' IS NOT NULL "
                        "OR traits->>'$.email' IS NOT NULL").fetchone()[0] == 0
     assert "pytest" in readme_command("pytest") and readme_command("pytest") in (REPO / ".ci" / "run").read_text()
+
+
+def test_multi_process_workers_deliver_the_same(tmp_path):
+    """FnApiRunner with two worker processes: same files, same rows, balanced accounting."""
+    shutil.copytree(REPO / "examples", tmp_path / "examples")
+    argv = ["--integrations=examples/integrations.json", "--input=examples/events/*.ndjson",
+            "--dead_letter=out/dead_letters", "--summary=out/summary.json", RUNNER]
+    for extra, cwd in [([], tmp_path / "single"), (["--direct_running_mode=multi_processing",
+                                                    "--direct_num_workers=2"], tmp_path / "multi")]:
+        cwd.mkdir()
+        shutil.copytree(tmp_path / "examples", cwd / "examples")
+        result = subprocess.run([sys.executable, "-m", "pipelines.deliver", *argv, *extra], cwd=cwd,
+                                capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert result.returncode == 0, result.stderr[-2000:]
+
+    def files(root):
+        return sorted((str(p.relative_to(root)), p.read_bytes()) for p in (root / "out" / "lake").rglob("*.parquet"))
+    assert files(tmp_path / "single") == files(tmp_path / "multi")
+    s = orjson.loads((tmp_path / "multi" / "out" / "summary.json").read_bytes())
+    assert s["balanced"] and s["integrations"]["warehouse"]["rows_inserted"] == s["integrations"]["local_lake"]["delivered"]
