@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from transforms import commit, formats
+from transforms import commit, formats, partitioning
 from transforms.profiles.warehouse import SCHEMA
 
 ROW = {"event_id": "e1", "type": "track", "event": "=HYPERLINK(\"x\")", "anonymous_id": "a", "user_id": None,
@@ -66,8 +66,9 @@ def test_publish_failure_raises(tmp_path):
     (tmp_path / "blocked").write_text("a file where a folder is needed")
     with pytest.raises(commit.PublishError):
         commit.publish_bytes(storage, "blocked/x.json", b"x", records=1)
-    with pytest.raises(Exception):
+    with pytest.raises(partitioning.InvalidPartitionValue):
         commit.publish_bytes(storage, "../escape.json", b"x", records=1)
+    assert not (tmp_path.parent / "escape.json").exists()
 
 
 def test_report_lists_files_and_is_written_once(tmp_path):

@@ -1,5 +1,4 @@
 import orjson
-import pytest
 
 from pipelines import validate
 from transforms.integrations import validate_integrations
