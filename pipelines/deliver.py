@@ -20,7 +20,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines.options import DeliveryOptions
-from transforms import accounting
+from transforms import accounting, secrets
 from transforms.dedup import DeduplicateEvents
 from transforms.deadletter import WriteDeadLetters
 from transforms.integrations import load_integrations
@@ -87,8 +87,20 @@ def _check_inputs(inputs) -> list[str]:
     return errors
 
 
+def preflight(integrations) -> list[str]:
+    """Start-up checks of the enabled integrations that have them (secrets resolve, buckets exist and
+    are where the config says). Fails fast with clear messages instead of failing mid-run."""
+    errors = []
+    for i, integ in enumerate(integrations):
+        check = getattr(integ.config, "preflight", None)
+        if integ.enabled and check is not None:
+            errors += [f"$[{i}].config ({integ.integration_id}): {problem}" for problem in check()]
+    return errors
+
+
 def run(argv=None) -> int:
     """Run the delivery job; returns the exit status."""
+    secrets.install_log_redaction()
     options = PipelineOptions(argv)
     opts = options.view_as(DeliveryOptions)
     if options.view_as(StandardOptions).runner is None:
@@ -101,6 +113,8 @@ def run(argv=None) -> int:
     for name in ("max_event_bytes", "max_nesting_depth", "shards"):
         if getattr(opts, name) < 1:
             errors.append(f"--{name}: must be at least 1")
+    if not errors and not opts.skip_preflight:
+        errors += preflight(integrations)
     if errors:
         print(f"{len(errors)} configuration error(s):", file=sys.stderr)
         for err in errors:
@@ -124,6 +138,14 @@ def run(argv=None) -> int:
             fh.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
     if not summary["balanced"]:
         print("run failed: accounting does not balance (see summary)", file=sys.stderr)
+        return 1
+    over = [(iid, e["quota"]) for iid, e in summary["integrations"].items() if e.get("quota", {}).get("exceeded")]
+    for iid, quota in over:
+        for q in quota["exceeded"]:
+            log.warning("%s: tenant %r wrote %d bytes, over its daily quota of %d", iid, q["tenant"],
+                        q["bytes_written"], q["daily_bytes"])
+    if any(quota["action"] == "fail" for _, quota in over):
+        print("run failed: a tenant exceeded its daily byte quota (quota.action is fail)", file=sys.stderr)
         return 1
     return 0
 

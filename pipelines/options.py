@@ -31,3 +31,6 @@ class DeliveryOptions(PipelineOptions):
                             help="Events timed more than this after received_at are timestamp_out_of_range.")
         parser.add_argument("--shards", type=int, default=4,
                             help="Dedup shards: how many parallel groups duplicates are removed in.")
+        parser.add_argument("--skip_preflight", action="store_true", default=False,
+                            help="Skip the start-up checks of destinations (buckets exist, secrets resolve); "
+                                 "use when the launcher cannot reach them but the workers can.")

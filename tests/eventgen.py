@@ -108,7 +108,7 @@ def generate(n: int = 300, seed: int = 7, tenants: int = 3, bad: bool = True, so
             duplicates += 1
         key = event.get("messageId") or derive_event_id(orjson.loads(line), source_id)
         unique[key] = {"type": kind, "timestamp": ts.replace(microsecond=(ts.microsecond // 1000) * 1000),
-                       "consented": consented, "total": total, "tenant": context["tenant_id"],
+                       "consented": consented, "total": total, "tenant": context["tenant_id"], "app": context["app_id"],
                        "page_url": context.get("page", {}).get("url"), "has_id": has_id}
     truth = {"unique": unique, "duplicates": duplicates, "bad": {}}
     if bad:

@@ -51,11 +51,40 @@ def summarise(values: dict[str, int], integrations) -> dict:
         for key in ("files", "files_already_present", "reports", "rows_inserted", "rows_already_present"):
             if key in own:
                 entry[key] = own[key]
+        usage = tenant_usage(own)
+        if usage:
+            entry["tenants"] = usage
+        quota = getattr(integ.config, "quota", None)
+        if quota is not None:
+            entry["quota"] = check_quota(quota, usage)
         accounted = entry["delivered"] + entry["consent_dropped"] + duplicates + entry["dead_lettered"]
         entry["balanced"] = accounted == total_input
         summary["balanced"] &= entry["balanced"]
         summary["integrations"][iid] = entry
     return summary
+
+
+USAGE_METRICS = ("events", "files", "bytes", "bytes_written")
+
+
+def tenant_usage(own: dict[str, int]) -> dict[str, dict[str, int]]:
+    """Per-tenant usage from an integration's counters ``tenant.<tenant>.<metric>``."""
+    usage: dict[str, dict[str, int]] = {}
+    for key, value in own.items():
+        if key.startswith("tenant."):
+            tenant, metric = key[len("tenant."):].rsplit(".", 1)
+            usage.setdefault(tenant, dict.fromkeys(USAGE_METRICS, 0))[metric] = value
+    return dict(sorted(usage.items()))
+
+
+def check_quota(quota, usage: dict[str, dict[str, int]]) -> dict:
+    """Tenants whose bytes written in this run (one UTC day of delivery) exceed their daily quota."""
+    exceeded = []
+    for tenant, u in usage.items():
+        limit = quota.limit(tenant)
+        if limit is not None and u["bytes_written"] > limit:
+            exceeded.append({"tenant": tenant, "bytes_written": u["bytes_written"], "daily_bytes": limit})
+    return {"action": quota.action, "exceeded": exceeded}
 
 
 def format_summary(summary: dict) -> str:
@@ -67,4 +96,7 @@ def format_summary(summary: dict) -> str:
         extra = "".join(f"  {k} {e[k]}" for k in ("files", "files_already_present", "rows_inserted") if k in e)
         lines.append(f"{iid} ({e['vendor']}): delivered {e['delivered']}  consent_dropped {e['consent_dropped']}"
                      f"  dead_lettered {e['dead_lettered']}{extra}  {'balanced' if e['balanced'] else 'NOT BALANCED'}")
+        for q in e.get("quota", {}).get("exceeded", []):
+            lines.append(f"  quota exceeded for tenant {q['tenant']!r}: {q['bytes_written']} bytes written, "
+                         f"daily quota {q['daily_bytes']} ({e['quota']['action']})")
     return "\n".join(lines)

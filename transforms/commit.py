@@ -2,35 +2,54 @@
 
 Protocol for every data file (architecture.md 3.4, reliability.md rules 2-4):
 
-1. write the bytes to ``<root>/_beamhouse_tmp/<name>.tmp-<random>`` (outside the partition tree; readers
-   skip ``_`` paths and the name does not end in a data extension);
-2. publish under the final name only if no file has that name (local: ``os.link``, an atomic exclusive
-   create; other Beam filesystems: existence check then rename, until their vendors add conditional
-   writes), then remove the temp file;
-3. verify the published size; any failure raises, which fails the bundle and the run;
-4. after every file of a generation is published, write ``<root>/_reports/<generation>_delivery.report``
-   listing each file with its size, record count and SHA-256. A file not listed in a report is incomplete.
+1. the bytes never appear under their final name until complete. Local disk: written to
+   ``<root>/_beamhouse_tmp/<name>.tmp-<random>`` (outside the partition tree; readers skip ``_`` paths)
+   and then linked. S3 and GCS: one upload request, which the store makes visible only once complete,
+   so no temp object (and no copy or delete permission) is needed;
+2. publish under the final name only if nothing has that name: ``os.link`` (an exclusive create),
+   S3 ``PutObject`` with ``If-None-Match: *``, GCS with ``ifGenerationMatch=0``. A second attempt can
+   never overwrite, so a versioned bucket keeps exactly one version per key;
+3. integrity is checked: local size after linking, S3 ``x-amz-checksum-sha256``, GCS ``crc32c``; any
+   failure raises, which fails the bundle and the run;
+4. after every file of a generation is published, ``_reports/<generation>_delivery.report`` lists each
+   file with its size, record count and SHA-256. A file not listed in a report is incomplete.
 
-Final names are deterministic per batch, so a retried or re-run batch finds its file already there and
-reports it as ``already_present`` instead of writing it again.
+Names are deterministic per batch. When the name contains the batch id (the default), a name that
+already exists holds this very batch (a retry or a re-run) and is reported ``already_present``. For
+time-only names (seed 003's ``data_YYYY_MM_DD_HH_MM_SS``) the existing object's recorded batch id is
+read back: the same batch is ``already_present``; another batch means a collision, and the batch takes
+the next free name ``<name>_1``, ``<name>_2`` ... in a fixed order, so retries find the same name.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import uuid
+from typing import Callable
 
 import orjson
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import partitioning
+from transforms.secrets import redact
 
 TMP_DIR = "_beamhouse_tmp"
 REPORT_DIR = "_reports"
+MAX_NAME_COLLISIONS = 1000
+META_SHA256 = "beamhouse-sha256"
+META_BATCH = "beamhouse-batch"
 
 
 class PublishError(RuntimeError):
     """Publishing or verifying a file failed."""
+
+
+class KeyUnusable(PublishError):
+    """The encryption key configured for the data cannot be used. Nothing was written (fail closed)."""
+
+
+class LookupDenied(PublishError):
+    """The destination does not allow reading an existing object's metadata."""
 
 
 class LocalStorage:
@@ -42,104 +61,135 @@ class LocalStorage:
     def path(self, relative: str) -> str:
         return os.path.join(self.root, *relative.split("/"))
 
-    def write_temp(self, name: str, data: bytes) -> str:
+    def put_if_absent(self, relative: str, data: bytes, metadata: dict) -> bool:
+        """Write through a temp file and link it; False when a file of that name already exists."""
         tmp_dir = os.path.join(self.root, TMP_DIR)
         os.makedirs(tmp_dir, exist_ok=True)
-        tmp = os.path.join(tmp_dir, f"{os.path.basename(name)}.tmp-{uuid.uuid4().hex}")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        return tmp
-
-    def publish(self, tmp: str, relative: str) -> bool:
-        """Link ``tmp`` to its final name; False when a file of that name already exists."""
+        tmp = os.path.join(tmp_dir, f"{relative.rsplit('/', 1)[-1]}.tmp-{uuid.uuid4().hex}")
         final = self.path(relative)
         try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
             os.makedirs(os.path.dirname(final), exist_ok=True)
-            os.link(tmp, final)
-            return True
-        except FileExistsError:
-            return False
+            try:
+                os.link(tmp, final)
+            except FileExistsError:
+                return False
         finally:
             try:
                 os.unlink(tmp)
             except FileNotFoundError:
                 pass
+        size = os.stat(final).st_size
+        if size != len(data):
+            raise PublishError(f"{relative}: published {size} bytes, expected {len(data)}")
+        return True
 
-    def size(self, relative: str) -> int:
-        return os.stat(self.path(relative)).st_size
-
-    def read(self, relative: str) -> bytes:
-        with open(self.path(relative), "rb") as fh:
-            return fh.read()
+    def lookup(self, relative: str) -> dict | None:
+        try:
+            with open(self.path(relative), "rb") as fh:
+                existing = fh.read()
+        except FileNotFoundError:
+            return None
+        return {"bytes": len(existing), "sha256": hashlib.sha256(existing).hexdigest(), "batch": None}
 
 
 class BeamStorage:
-    """A destination root on any Beam filesystem (gs://, s3://, ...)."""
+    """A destination root on another Beam filesystem (hdfs://, azfs://, ...): write to a temp name,
+    then rename after an existence check. Not atomic against a concurrent writer of the same name;
+    S3 and GCS have their own storages with conditional writes."""
 
     def __init__(self, root: str):
         self.root = root.rstrip("/")
 
-    def path(self, relative: str) -> str:
-        return partitioning.join(self.root, relative)
-
-    def write_temp(self, name: str, data: bytes) -> str:
-        tmp = f"{self.root}/{TMP_DIR}/{name.rsplit('/', 1)[-1]}.tmp-{uuid.uuid4().hex}"
-        with FileSystems.create(tmp) as fh:
-            fh.write(data)
-        return tmp
-
-    def publish(self, tmp: str, relative: str) -> bool:
-        final = self.path(relative)
+    def put_if_absent(self, relative: str, data: bytes, metadata: dict) -> bool:
+        final = partitioning.join(self.root, relative)
+        if FileSystems.exists(final):
+            return False
+        tmp = f"{self.root}/{TMP_DIR}/{relative.rsplit('/', 1)[-1]}.tmp-{uuid.uuid4().hex}"
         try:
-            if FileSystems.exists(final):
-                return False
+            with FileSystems.create(tmp) as fh:
+                fh.write(data)
             FileSystems.rename([tmp], [final])
-            return True
         finally:
             if FileSystems.exists(tmp):
                 FileSystems.delete([tmp])
+        size = FileSystems.match([final])[0].metadata_list[0].size_in_bytes
+        if size != len(data):
+            raise PublishError(f"{relative}: published {size} bytes, expected {len(data)}")
+        return True
 
-    def size(self, relative: str) -> int:
-        return FileSystems.match([self.path(relative)])[0].metadata_list[0].size_in_bytes
+    def lookup(self, relative: str) -> dict | None:
+        final = partitioning.join(self.root, relative)
+        if not FileSystems.exists(final):
+            return None
+        with FileSystems.open(final) as fh:
+            existing = fh.read()
+        return {"bytes": len(existing), "sha256": hashlib.sha256(existing).hexdigest(), "batch": None}
 
-    def read(self, relative: str) -> bytes:
-        with FileSystems.open(self.path(relative)) as fh:
-            return fh.read()
 
+def storage_for(root: str, **options):
+    """The storage for a destination root: a local path, ``s3://bucket/prefix``, ``gs://bucket/prefix``
+    (default credentials; ``options`` as the S3/GCS storages take them), or another Beam filesystem."""
+    if root.startswith("s3://"):
+        from transforms.sinks.s3 import S3Storage
 
-def storage_for(root: str):
-    """The storage for a destination root: local paths get exclusive-create publishing."""
+        bucket, _, prefix = root[5:].partition("/")
+        return S3Storage(bucket=bucket, prefix=prefix, **options)
+    if root.startswith("gs://"):
+        from transforms.sinks.gcs import GCSStorage
+
+        bucket, _, prefix = root[5:].partition("/")
+        return GCSStorage(bucket=bucket, prefix=prefix, **options)
     if "://" not in root or root.startswith("file://"):
         return LocalStorage(root[len("file://"):] if root.startswith("file://") else root)
     return BeamStorage(root)
 
 
 def publish_bytes(storage, relative: str, data: bytes, records: int, **extra) -> dict:
-    """Write ``data`` through the temp location and publish it under ``relative``.
+    """Publish ``data`` under ``relative``, a name derived from its content. See ``publish_batch``."""
+    return publish_batch(storage, lambda n: relative, data, records, batch=None, content_addressed=True, **extra)
+
+
+def publish_batch(storage, name_for: Callable[[int], str], data: bytes, records: int, batch: str | None,
+                  content_addressed: bool, **extra) -> dict:
+    """Publish a batch's bytes under ``name_for(0)`` (or ``name_for(n)`` after collisions, see above).
 
     Returns the file's report entry: ``path``, ``bytes``, ``records``, ``sha256``, ``status``
-    (``published`` or ``already_present``) plus ``extra``. Raises ``PublishError``.
+    (``published`` or ``already_present``) plus ``extra``. Raises ``PublishError`` (``KeyUnusable`` when
+    the encryption key was refused; nothing was written then).
     """
-    partitioning.assert_relative_safe(relative)
-    try:
-        tmp = storage.write_temp(relative, data)
-        published = storage.publish(tmp, relative)
-        if published:
-            size = storage.size(relative)
-            if size != len(data):
-                raise PublishError(f"{relative}: published {size} bytes, expected {len(data)}")
-            digest = hashlib.sha256(data).hexdigest()
-        else:
-            existing = storage.read(relative)
-            size, digest = len(existing), hashlib.sha256(existing).hexdigest()
-    except PublishError:
-        raise
-    except Exception as exc:  # surface as one error type; the message names the file, never credentials
-        raise PublishError(f"{relative}: publishing failed ({type(exc).__name__}: {exc})") from exc
-    return {"path": relative, "bytes": size, "records": records, "sha256": digest,
-            "status": "published" if published else "already_present", **extra}
+    digest = hashlib.sha256(data).hexdigest()
+    metadata = {META_SHA256: digest, **({META_BATCH: batch} if batch else {})}
+    for n in range(MAX_NAME_COLLISIONS):
+        relative = name_for(n)
+        partitioning.assert_relative_safe(relative)
+        try:
+            if storage.put_if_absent(relative, data, metadata):
+                return {"path": relative, "bytes": len(data), "records": records, "sha256": digest,
+                        "status": "published", **extra}
+            try:
+                existing = storage.lookup(relative)
+            except LookupDenied:
+                if content_addressed:  # the name is derived from these very events
+                    return {"path": relative, "bytes": len(data), "records": records, "sha256": digest,
+                            "status": "already_present", **extra}
+                raise PublishError(f"{relative}: a file of that name exists and telling whether it holds this "
+                                   f"batch needs read access (s3:GetObject / storage.objects.get); "
+                                   f"or use a file name with {{id}}") from None
+        except PublishError:
+            raise
+        except Exception as exc:  # one error type; the message names the file, never credentials
+            raise PublishError(redact(f"{relative}: publishing failed ({type(exc).__name__}: {exc})")) from exc
+        if existing is None:
+            raise PublishError(f"{relative}: the store refused the write as existing but has no such object")
+        same = (existing["batch"] == batch) if (batch and existing.get("batch")) else existing["sha256"] == digest
+        if same or content_addressed:
+            return {"path": relative, "bytes": existing["bytes"], "records": records, "sha256": existing["sha256"],
+                    "status": "already_present", **extra}
+    raise PublishError(f"{name_for(0)}: more than {MAX_NAME_COLLISIONS} batches share this file name")
 
 
 def report_name(paths) -> str:
@@ -158,7 +208,7 @@ def write_report(storage, integration_id: str, vendor: str, files: list[dict], c
         "created_at": created_at,
         "file_count": len(files),
         "record_count": sum(f["records"] for f in files),
-        "files": [{k: f[k] for k in ("path", "bytes", "records", "sha256", "partition") if k in f} for f in files],
+        "files": [{k: f[k] for k in ("path", "bytes", "records", "sha256", "partition", "tenant") if k in f} for f in files],
     }
     data = orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n"
     return publish_bytes(storage, report_name([f["path"] for f in files]), data, records=len(files))

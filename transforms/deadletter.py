@@ -37,6 +37,9 @@ REASONS = {
     "invalid_timestamp": "timestamp, originalTimestamp, receivedAt or sentAt cannot be parsed",
     "timestamp_out_of_range": "timestamp outside the window around received_at",
     "invalid_partition_value": "a value the partition template needs is missing, empty or too long",
+    "unknown_tenant": "routing.unknown_tenant is dead_letter and the event's tenant has no route",
+    "encryption_key_unusable": "the tenant's encryption key was refused or is not enabled; nothing was "
+                               "written (the payload is withheld from the dead letter too)",
     "sink_rejected": "the destination refused the event (the error says why)",
 }
 

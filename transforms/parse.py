@@ -147,13 +147,14 @@ class _ParseBatchFn(beam.DoFn):
                 cols[i].append(None if value is None else dumps(value))
             cols[11].append(_get_path(obj, self._tenant_path))
             cols[12].append(_get_path(obj, self._app_path))
+            cols[13].append("segment")
             if purposes:
                 consent = obj.get("context")
                 consent = consent.get("consent") if isinstance(consent, dict) else None
                 if not isinstance(consent, dict):
                     consent = {}
                 for j, purpose in enumerate(purposes):
-                    cols[13 + j].append(consent.get(purpose) is True)
+                    cols[14 + j].append(consent.get(purpose) is True)
         self._input.inc(seen)
         if blank:
             self._blank.inc(blank)

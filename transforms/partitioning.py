@@ -6,8 +6,9 @@ A partition template is a relative path with placeholders::
     tenant_id={tenant_id}/app_id={app_id}/{yyyy}/{MM}/{dd}/{HH}
     date={date}/hour={HH}
 
-Time placeholders: ``yyyy MM dd HH mm date`` (``date`` is ``YYYY-MM-DD``). Field placeholders:
-``tenant_id app_id type event``. Field values come from events, so they are encoded reversibly
+Time placeholders: ``yyyy MM dd HH mm ss date`` (``date`` is ``YYYY-MM-DD``) and the minute ranges
+``min15`` (``00-15``, ``15-30``, ``30-45``, ``45-60``) and ``min30`` (``00-30``, ``30-60``). Field
+placeholders: ``tenant_id app_id type event dialect``. Field values come from events, so they are encoded reversibly
 (percent-encoding, as Hive does) before they touch a path: only ``A-Z a-z 0-9 - _`` stay as they are,
 ``_`` is encoded when it would start a component (readers skip ``_``/``.`` names), and everything else,
 including ``.``, ``/``, ``%`` and control characters, becomes ``%XX``. So ``..`` can never appear and the
@@ -36,14 +37,21 @@ TIME_TOKENS = {
     "dd": "%d",
     "HH": "%H",
     "mm": "%M",
+    "ss": "%S",
     "date": "%Y-%m-%d",
 }
+# Minute ranges (seed 002's ``min=00-15``): computed per event, then placed like field values.
+RANGE_TOKENS = {"min15": 15, "min30": 30}
 # Placeholders filled from event values; the value is the internal column that holds it.
 FIELD_TOKENS = {
     "tenant_id": "_tenant_id",
     "app_id": "_app_id",
     "type": "type",
     "event": "event",
+    "dialect": "_dialect",
+    # computed from the partition time (see ``minute_range_labels``), never from event values
+    "min15": "_min15",
+    "min30": "_min30",
 }
 # Stands in for a field value in the strftime pattern; cannot occur in a template (validated).
 FIELD_MARK = "\x1f"  # a control character: never in a template (validated), and Arrow stops at NUL
@@ -90,7 +98,7 @@ def parse_template(template: str) -> Template:
             pattern.append(FIELD_MARK)
             fields.append(FIELD_TOKENS[name])
         else:
-            known = ", ".join(sorted([*TIME_TOKENS, *FIELD_TOKENS]))
+            known = ", ".join(sorted({*TIME_TOKENS, *FIELD_TOKENS}))
             raise ValueError(f"unknown placeholder {{{name}}} (known: {known})")
         pos = m.end()
     pattern.append(_literal(template[pos:]))
@@ -173,6 +181,67 @@ def batch_id(integration_id: str, partition: str, event_ids: Iterable[str]) -> s
 def file_name(prefix: str, epoch_seconds: int, batch: str, extension: str) -> str:
     """Seed-000 style name: ``events-1706540000-3f2a9c1b0d4e5f60.json.gz``."""
     return f"{prefix}-{epoch_seconds}-{batch}{extension}"
+
+
+def minute_range_labels(width: int) -> list[str]:
+    """Labels of the minute ranges of an hour: ``["00-15", "15-30", "30-45", "45-60"]`` for 15."""
+    return [f"{start:02d}-{start + width:02d}" for start in range(0, 60, width)]
+
+
+# File names: a template of literal characters and placeholders, without the extension.
+FILE_TOKENS = ("yyyy", "MM", "dd", "HH", "mm", "ss", "epoch", "id")
+_FILE_LITERAL = re.compile(r"^[A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class FileTemplate:
+    """A parsed file-name template such as ``events-{epoch}-{id}`` or seed 003's
+    ``data_{yyyy}_{MM}_{dd}_{HH}_{mm}_{ss}``. Times are those of the file's earliest event (UTC)."""
+
+    source: str
+
+    @property
+    def content_addressed(self) -> bool:
+        """True when the name contains the batch id, so equal names mean equal contents."""
+        return "{id}" in self.source
+
+
+def parse_file_template(template: str) -> FileTemplate:
+    """Validate a file-name template; raises ``ValueError`` saying what is wrong."""
+    if not isinstance(template, str) or not template:
+        raise ValueError("file name template must be a non-empty string")
+    pos = 0
+    tokens = []
+    for m in _TOKEN.finditer(template):
+        if not _FILE_LITERAL.match(template[pos:m.start()]):
+            raise ValueError("file names may only contain letters, digits, '_', '.', '-' and placeholders")
+        if m.group(1) not in FILE_TOKENS:
+            raise ValueError(f"unknown file name placeholder {{{m.group(1)}}} (known: {', '.join(FILE_TOKENS)})")
+        tokens.append(m.group(1))
+        pos = m.end()
+    if not _FILE_LITERAL.match(template[pos:]):
+        raise ValueError("file names may only contain letters, digits, '_', '.', '-' and placeholders")
+    if template[0] in "_.":
+        raise ValueError("file names must not start with '_' or '.', which readers skip")
+    if not tokens:
+        raise ValueError("file name template needs at least one placeholder, e.g. {id} or {ss}")
+    return FileTemplate(template)
+
+
+def render_file_name(template: FileTemplate, first_event_us: int, batch: str, extension: str,
+                     collision: int = 0) -> str:
+    """The file name for a batch. ``collision`` > 0 appends ``_<n>`` (used only for templates without
+    ``{id}`` when another batch already holds the name; see ``transforms.commit``)."""
+    import datetime as _dt
+
+    seconds = first_event_us // 1_000_000
+    t = _dt.datetime(1970, 1, 1) + _dt.timedelta(seconds=seconds)
+    values = {"yyyy": f"{t.year:04d}", "MM": f"{t.month:02d}", "dd": f"{t.day:02d}", "HH": f"{t.hour:02d}",
+              "mm": f"{t.minute:02d}", "ss": f"{t.second:02d}", "epoch": str(seconds), "id": batch}
+    stem = _TOKEN.sub(lambda m: values[m.group(1)], template.source)
+    if collision:
+        stem = f"{stem}_{collision}"
+    return stem + extension
 
 
 def generation_id(paths: Sequence[str]) -> str:

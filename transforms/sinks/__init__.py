@@ -8,6 +8,8 @@ from typing import Callable
 
 from transforms.sinks import duckdb as duckdb_sink
 from transforms.sinks import files as files_sink
+from transforms.sinks import gcs as gcs_sink
+from transforms.sinks import s3 as s3_sink
 
 
 @dataclass(frozen=True)
@@ -19,4 +21,6 @@ class Vendor:
 REGISTRY = {
     "files": Vendor(files_sink.FilesConfig, files_sink.WriteEventsToFiles),
     "duckdb": Vendor(duckdb_sink.DuckDBConfig, duckdb_sink.WriteEventsToDuckDB),
+    "s3": Vendor(s3_sink.S3Config, files_sink.WriteEventsToFiles),
+    "gcs": Vendor(gcs_sink.GCSConfig, files_sink.WriteEventsToFiles),
 }

@@ -1,14 +1,18 @@
-"""Vendor ``files``: a partitioned lake of NDJSON, CSV or Parquet files on any Beam filesystem.
+"""Vendor ``files``: a partitioned lake of NDJSON, CSV or Parquet files on the local disk or any Beam
+filesystem; also the writer behind the ``s3`` and ``gcs`` vendors.
 
 Config (plus the common ``batch_size``, ``batch_interval_seconds``, ``consent``, ``properties``)::
 
     {"path": "out/lake", "file_format": "parquet", "compression": "snappy",
-     "partition_by": "year={yyyy}/month={MM}/day={dd}/hour={HH}", "partition_time": "timestamp"}
+     "partition_by": "year={yyyy}/month={MM}/day={dd}/hour={HH}", "partition_time": "timestamp",
+     "file_name": "events-{epoch}-{id}"}
 
-Events are grouped by partition; each partition's events, sorted by ``event_id``, are cut into files
-of at most ``batch_size`` events named ``<file_prefix>-<epoch>-<batch id>.<ext>`` (epoch = the batch's
-earliest event time, in seconds; the id is derived from the partition and the batch's event ids). Files and are published with the protocol in ``transforms.commit``: one delivery report per run
-under ``<path>/_reports/``, written after every file.
+Events are grouped by route (object stores: bucket, prefix and key), partition and tenant; a file never
+mixes tenants, so per-tenant usage is exact and every file can carry its tenant's key. Each group's
+events, sorted by partition time then ``event_id``, are cut into files of at most ``batch_size`` events
+named by ``file_name`` (default ``events-<epoch>-<batch id>``: epoch = the file's earliest event time in
+seconds, the id derived from the partition and the file's event ids). Files are published with the
+protocol in ``transforms.commit``; then one delivery report per route under ``_reports/``.
 """
 from __future__ import annotations
 
@@ -20,28 +24,55 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from transforms import commit, deadletter, formats, partitioning
 from transforms.integrations import BaseDestinationConfig
 from transforms.profiles.warehouse import to_warehouse
+from transforms.routes import Route, UnknownTenant
 
 DEAD_LETTERS = "dead_letters"
+NO_TENANT = "(none)"  # how events without a tenant appear in usage metrics
 
 
-class FilesConfig(BaseDestinationConfig):
-    path: str = Field(min_length=1, description="Destination root on any Beam filesystem")
+class Quota(BaseModel):
+    """Per-tenant daily byte quota: ``{"daily_bytes": 10000000000, "tenants": {"acme": 5e10},
+    "action": "warn"}``. Bytes written for a tenant in one UTC day of delivery (a batch run is one
+    day) are compared with its limit; ``warn`` logs and reports it in the summary, ``fail`` also makes the
+    run exit with status 1 once delivery is done (no data is dropped for a quota)."""
+
+    model_config = ConfigDict(extra="forbid")
+    daily_bytes: int | None = Field(None, ge=1)
+    tenants: dict[str, int] = Field(default_factory=dict)
+    action: Literal["warn", "fail"] = "warn"
+
+    def limit(self, tenant: str) -> int | None:
+        return self.tenants.get(tenant, self.daily_bytes)
+
+
+class FileOutputConfig(BaseDestinationConfig):
+    """What every file-writing vendor accepts: format, compression, layout and naming."""
+
     file_format: Literal["json", "parquet", "csv"] = "json"
     compression: Literal["gzip", "snappy", "zstd", "none"] | None = None
     partition_by: str = partitioning.DEFAULT_TEMPLATE
     partition_time: Literal["timestamp", "received_at"] = "timestamp"
     file_prefix: str = Field("events", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+    file_name: str | None = None
     csv_separator: str = Field(",", min_length=1, max_length=1)
+    quota: Quota | None = None
 
     @field_validator("partition_by")
     @classmethod
     def _template(cls, value: str) -> str:
         partitioning.parse_template(value)  # raises ValueError with the reason
+        return value
+
+    @field_validator("file_name")
+    @classmethod
+    def _file_name(cls, value):
+        if value is not None:
+            partitioning.parse_file_template(value)
         return value
 
     @field_validator("csv_separator")
@@ -52,116 +83,217 @@ class FilesConfig(BaseDestinationConfig):
         return value
 
     @model_validator(mode="after")
-    def _compression(self) -> "FilesConfig":
+    def _compression(self):
         if self.compression is None:
             self.compression = formats.DEFAULT_COMPRESSION[self.file_format]
         elif self.compression not in formats.ALLOWED_COMPRESSION[self.file_format]:
             allowed = ", ".join(formats.ALLOWED_COMPRESSION[self.file_format])
             raise ValueError(f"compression {self.compression!r} does not apply to {self.file_format} (use {allowed})")
+        if self.file_name is None:
+            self.file_name = self.file_prefix + "-{epoch}-{id}"
         return self
+
+    # What the writer asks of a vendor config (overridden by the object stores).
+    def route_for(self, tenant: str | None, dialect: str | None) -> Route:
+        return Route("", "", None, None)
+
+    def open_storage(self, route: Route):
+        raise NotImplementedError
+
+    def key_problem(self, route: Route) -> str | None:
+        """Why ``route``'s encryption key cannot be used, or None."""
+        return None
+
+
+class FilesConfig(FileOutputConfig):
+    path: str = Field(min_length=1, description="Destination root: a local path, s3://, gs:// or another Beam filesystem")
+
+    def open_storage(self, route: Route):
+        return commit.storage_for(self.path)
+
+
+def partition_time_seconds(column) -> pa.ChunkedArray:
+    """The partition time truncated to whole seconds (Arrow's ``%S`` prints microseconds otherwise)."""
+    floored = pc.floor_temporal(column, unit="second")
+    return pc.cast(floored, pa.timestamp("s", tz="UTC"), safe=False)
+
+
+def payload_of(row: dict) -> str:
+    return orjson.dumps(row, option=orjson.OPT_NAIVE_UTC).decode()
+
+
+def sink_dead_letters(iid: str, reason: str, rows: pa.Table, error: str, with_payload: bool = True):
+    """Dead-letter records for ``rows`` (as tagged outputs), counted for integration ``iid``. Without
+    payload the record keeps the event id and reason only (used when writing the event anywhere would
+    break a guarantee, e.g. its tenant's encryption key is unusable)."""
+    deadletter.count(reason, iid, rows.num_rows)
+    for row in to_warehouse(rows).to_pylist():
+        payload = payload_of(row) if with_payload else None
+        err = error if with_payload else f"{error}; payload withheld, re-deliver by event_id from the input"
+        yield beam.pvalue.TaggedOutput(DEAD_LETTERS, deadletter.make_record(
+            reason, "sink", err, payload, row["source_id"], integration_id=iid, event_id=row["event_id"]))
 
 
 class _KeyByPartitionFn(beam.DoFn):
-    """Split an event batch by partition path: ``(partition, rows)`` pairs; rows whose partition cannot
-    be built (a missing or oversize tenant/app value) become dead letters."""
+    """Split an event batch by route, partition path and tenant: ``((route, partition, tenant), rows)``.
+    Rows without a route (``unknown_tenant``) or whose partition cannot be built (a missing or oversize
+    tenant/app value) become dead letters."""
 
-    def __init__(self, integration_id: str, config: FilesConfig):
+    def __init__(self, integration_id: str, config: FileOutputConfig):
         self._iid = integration_id
         self._config = config
 
     def setup(self):
         self._template = partitioning.parse_template(self._config.partition_by)
+        self._routes: dict[tuple, str | Exception] = {}
+
+    def _route(self, tenant, dialect):
+        key = (tenant, dialect)
+        if key not in self._routes:
+            try:
+                self._routes[key] = self._config.route_for(tenant, dialect).key()
+            except UnknownTenant as exc:
+                self._routes[key] = exc
+        return self._routes[key]
 
     def process(self, table):
         fields = list(self._template.fields)
-        time_part = pc.strftime(table[self._config.partition_time], format=self._template.strftime)
-        keys = pa.table({"_pkey": time_part, **{f: table[f] for f in fields},
-                         "_row": pa.array(np.arange(table.num_rows, dtype=np.int64))})
+        seconds = partition_time_seconds(table[self._config.partition_time])
+        columns = {"_pkey": pc.strftime(seconds, format=self._template.strftime)}
+        for name in fields:
+            if name in ("_min15", "_min30"):
+                width = 15 if name == "_min15" else 30
+                labels = pa.array(partitioning.minute_range_labels(width))
+                columns[name] = labels.take(pc.divide(pc.minute(seconds), width))
+            else:
+                columns[name] = table[name]
+        for name in ("_tenant_id", "_dialect"):
+            columns.setdefault(name, table[name])
+        columns["_row"] = pa.array(np.arange(table.num_rows, dtype=np.int64))
+        keys = pa.table(columns)
+        group_cols = [c for c in columns if c != "_row"]
         # Each group's row indices, gathered by Arrow; the order of groups does not matter.
-        groups = keys.group_by(["_pkey", *fields]).aggregate([("_row", "list")])
+        groups = keys.group_by(group_cols).aggregate([("_row", "list")])
         indices = groups["_row_list"]
         for i, group in enumerate(groups.drop_columns(["_row_list"]).to_pylist()):
             rows = table.take(indices[i].values)
+            tenant = group["_tenant_id"]
+            route = self._route(tenant, group["_dialect"])
+            if isinstance(route, UnknownTenant):
+                yield from sink_dead_letters(self._iid, "unknown_tenant", rows, str(route))
+                continue
             try:
-                yield partitioning.render_partition(self._template, group["_pkey"], group), rows
+                partition = partitioning.render_partition(self._template, group["_pkey"], group)
             except partitioning.InvalidPartitionValue as exc:
-                yield from self._dead_letters(rows, str(exc))
-
-    def _dead_letters(self, rows, error: str):
-        deadletter.count("invalid_partition_value", self._iid, rows.num_rows)
-        for row in to_warehouse(rows).to_pylist():
-            payload = orjson.dumps(row, option=orjson.OPT_NAIVE_UTC).decode()
-            yield beam.pvalue.TaggedOutput(DEAD_LETTERS, deadletter.make_record(
-                "invalid_partition_value", "sink", error, payload, row["source_id"],
-                integration_id=self._iid, event_id=row["event_id"]))
+                yield from sink_dead_letters(self._iid, "invalid_partition_value", rows, str(exc))
+                continue
+            yield (route, partition, NO_TENANT if tenant is None else tenant), rows
 
 
 class _WritePartitionFn(beam.DoFn):
-    """All events of one partition -> files of at most ``batch_size`` events, sorted by event_id."""
+    """All events of one (route, partition, tenant) -> files of at most ``batch_size`` events."""
 
-    def __init__(self, integration_id: str, config: FilesConfig):
+    def __init__(self, integration_id: str, config: FileOutputConfig):
         self._iid = integration_id
         self._config = config
 
     def setup(self):
         c = self._config
-        self._storage = commit.storage_for(c.path)
+        self._storages: dict[str, object] = {}
+        self._key_problems: dict[str, str | None] = {}
         self._ext = formats.extension(c.file_format, c.compression)
+        self._names = partitioning.parse_file_template(c.file_name)
         self._options = {"separator": c.csv_separator} if c.file_format == "csv" else {}
         self._delivered = Metrics.counter(deadletter.NAMESPACE, f"{self._iid}.delivered")
         self._files = Metrics.counter(deadletter.NAMESPACE, f"{self._iid}.files")
         self._present = Metrics.counter(deadletter.NAMESPACE, f"{self._iid}.files_already_present")
 
-    def process(self, element):
-        partition, slices = element
-        rows = pa.concat_tables(list(slices)).sort_by("event_id")
-        for start in range(0, rows.num_rows, self._config.batch_size):
-            yield self._write(partition, rows.slice(start, self._config.batch_size))
+    def _storage(self, route_key: str):
+        if route_key not in self._storages:
+            route = Route.from_key(route_key)
+            self._key_problems[route_key] = self._config.key_problem(route)
+            self._storages[route_key] = self._config.open_storage(route)
+        return self._storages[route_key], self._key_problems[route_key]
 
-    def _write(self, partition: str, rows):
+    def process(self, element):
+        (route_key, partition, tenant), slices = element
+        time_col = self._config.partition_time
+        rows = pa.concat_tables(list(slices)).sort_by([(time_col, "ascending"), ("event_id", "ascending")])
+        storage, problem = self._storage(route_key)
+        if problem is not None:  # fail closed: never unencrypted, never under another key
+            yield from sink_dead_letters(self._iid, "encryption_key_unusable", rows, problem, with_payload=False)
+            return
+        for start in range(0, rows.num_rows, self._config.batch_size):
+            chunk = rows.slice(start, self._config.batch_size)
+            try:
+                record = self._write(storage, partition, tenant, chunk)
+            except commit.KeyUnusable as exc:
+                yield from sink_dead_letters(self._iid, "encryption_key_unusable", chunk, str(exc), with_payload=False)
+                continue
+            yield {**record, "route": route_key, "tenant": tenant}
+
+    def _write(self, storage, partition: str, tenant: str, rows):
         c = self._config
         batch = partitioning.batch_id(self._iid, partition, rows["event_id"].to_pylist())
-        epoch = pc.min(rows["timestamp"]).value // 1_000_000
-        relative = f"{partition}/{partitioning.file_name(c.file_prefix, epoch, batch, self._ext)}"
+        first_us = pc.min(rows[c.partition_time]).value
+
+        def name_for(collision: int) -> str:
+            return f"{partition}/{partitioning.render_file_name(self._names, first_us, batch, self._ext, collision)}"
+
         data = formats.encode(c.file_format, to_warehouse(rows), c.compression, **self._options)
-        record = commit.publish_bytes(self._storage, relative, data, records=rows.num_rows, partition=partition)
+        record = commit.publish_batch(storage, name_for, data, rows.num_rows, batch=batch,
+                                      content_addressed=self._names.content_addressed, partition=partition)
         self._delivered.inc(rows.num_rows)
         self._files.inc()
+        usage = f"{self._iid}.tenant.{tenant}."
+        Metrics.counter(deadletter.NAMESPACE, usage + "events").inc(rows.num_rows)
+        Metrics.counter(deadletter.NAMESPACE, usage + "files").inc()
+        Metrics.counter(deadletter.NAMESPACE, usage + "bytes").inc(record["bytes"])
         if record["status"] == "already_present":
             self._present.inc()
+        else:
+            Metrics.counter(deadletter.NAMESPACE, usage + "bytes_written").inc(record["bytes"])
         return record
 
 
 class _WriteReportFn(beam.DoFn):
-    def __init__(self, integration_id: str, vendor: str, root: str):
-        self._iid, self._vendor, self._root = integration_id, vendor, root
+    """One delivery report per route: the files of this generation under that route's root."""
 
-    def process(self, files):
+    def __init__(self, integration_id: str, vendor: str, config: FileOutputConfig):
+        self._iid, self._vendor, self._config = integration_id, vendor, config
+
+    def process(self, element):
         from transforms.timestamps import format_us
 
-        report = commit.write_report(commit.storage_for(self._root), self._iid, self._vendor, files,
+        route_key, files = element
+        storage = self._config.open_storage(Route.from_key(route_key))
+        entries = [{k: v for k, v in f.items() if k != "route"} for f in files]
+        report = commit.write_report(storage, self._iid, self._vendor, entries,
                                      created_at=format_us(deadletter.now_us()))
         if report is not None:
             Metrics.counter(deadletter.NAMESPACE, f"{self._iid}.reports").inc()
-            yield report
+            yield {**report, "route": route_key}
 
 
 class WriteEventsToFiles(beam.PTransform):
-    """Prepared event batches -> published files and one delivery report (written last)."""
+    """Prepared event batches -> published files and one delivery report per route (written last)."""
 
-    def __init__(self, integration, vendor: str = "files"):
+    def __init__(self, integration, vendor: str | None = None):
         super().__init__()
         self._integration = integration
-        self._vendor = vendor
+        self._vendor = vendor or integration.vendor
 
     def expand(self, tables):
         integ = self._integration
         keyed = tables | "KeyByPartition" >> beam.ParDo(
             _KeyByPartitionFn(integ.integration_id, integ.config)).with_outputs(DEAD_LETTERS, main="rows")
-        files = (keyed.rows
-                 | "GroupByPartition" >> beam.GroupByKey()
-                 | "WritePartitionFiles" >> beam.ParDo(_WritePartitionFn(integ.integration_id, integ.config)))
-        reports = (files
-                   | "CollectFiles" >> beam.combiners.ToList()
-                   | "WriteReport" >> beam.ParDo(_WriteReportFn(integ.integration_id, self._vendor, integ.config.path)))
-        return {"files": files, "reports": reports, "dead_letters": keyed[DEAD_LETTERS]}
+        written = (keyed.rows
+                   | "GroupByPartition" >> beam.GroupByKey()
+                   | "WritePartitionFiles" >> beam.ParDo(
+                       _WritePartitionFn(integ.integration_id, integ.config)).with_outputs(DEAD_LETTERS, main="files"))
+        reports = (written.files
+                   | "KeyByRoute" >> beam.Map(lambda f: (f["route"], f))
+                   | "CollectFiles" >> beam.GroupByKey()
+                   | "WriteReport" >> beam.ParDo(_WriteReportFn(integ.integration_id, self._vendor, integ.config)))
+        dead = (keyed[DEAD_LETTERS], written[DEAD_LETTERS]) | "FlattenSinkDeadLetters" >> beam.Flatten()
+        return {"files": written.files, "reports": reports, "dead_letters": dead}

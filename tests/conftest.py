@@ -1,0 +1,22 @@
+"""Session fixtures for the local servers (started on first use, stopped at the end)."""
+from __future__ import annotations
+
+import pytest
+
+from tests.servers import processes
+
+GCS_UNUSABLE_KEY = "projects/test-proj/locations/global/keyRings/ring/cryptoKeys/disabled-key"
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    server = processes.start_moto()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+    server = processes.start_gcs(unusable_kms_keys=[GCS_UNUSABLE_KEY])
+    yield server
+    server.stop()
