@@ -53,7 +53,14 @@ class LookupDenied(PublishError):
 
 
 class LocalStorage:
-    """A destination root on the local filesystem."""
+    """A destination root on the local filesystem.
+
+    Storages have ``put_if_absent(relative, data, metadata) -> bool``, ``lookup(relative) -> dict | None``
+    and ``verify_existing``: whether an existing file with a content-derived name is read back so the
+    report gives its actual size and digest (cheap on disk; object stores skip it, needing no read access).
+    """
+
+    verify_existing = True
 
     def __init__(self, root: str):
         self.root = os.path.abspath(root)
@@ -100,6 +107,8 @@ class BeamStorage:
     """A destination root on another Beam filesystem (hdfs://, azfs://, ...): write to a temp name,
     then rename after an existence check. Not atomic against a concurrent writer of the same name;
     S3 and GCS have their own storages with conditional writes."""
+
+    verify_existing = True
 
     def __init__(self, root: str):
         self.root = root.rstrip("/")
@@ -171,6 +180,8 @@ def publish_batch(storage, name_for: Callable[[int], str], data: bytes, records:
                 return {"path": relative, "bytes": len(data), "records": records, "sha256": digest,
                         "status": "published", **extra}
             try:
+                if content_addressed and not storage.verify_existing:
+                    raise LookupDenied(relative)  # object stores: no read needed (least privilege)
                 existing = storage.lookup(relative)
             except LookupDenied:
                 if content_addressed:  # the name is derived from these very events

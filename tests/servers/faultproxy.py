@@ -9,8 +9,9 @@ moto cannot return 5xx or throttle, so the S3 tests put this proxy in front of i
 A rule answers ``times`` matching requests with ``status`` and an S3-style XML error. With
 ``after_forward=True`` the request first reaches the server (the write happens) and only the response
 is replaced: the client sees a failure for a write that succeeded, as when a connection drops after
-the server committed. ``status=None`` with ``delay`` only slows responses. Thread-safe; counts every
-request it sees in ``proxy.seen``.
+the server committed. ``status=None`` with ``delay`` only slows responses. ``allow=lambda method, path:
+...`` stands in for an IAM policy: anything it refuses gets 403 AccessDenied. Thread-safe; records
+every request in ``proxy.seen``.
 """
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ import http.client
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 _HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
 
@@ -41,6 +43,8 @@ class FaultProxy:
     upstream: str
     rules: list[Rule] = field(default_factory=list)
     seen: list[tuple[str, str, int]] = field(default_factory=list)
+    # When set, a request it returns False for is answered 403 AccessDenied (an IAM policy stand-in).
+    allow: Callable[[str, str], bool] | None = None
 
     def __post_init__(self):
         self._lock = threading.Lock()
@@ -57,7 +61,9 @@ class FaultProxy:
             def _handle(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                rule = proxy._match(self.command, self.path)
+                if proxy.allow is not None and not proxy.allow(self.command, unquote(self.path)):
+                    return self._fault(Rule(status=403, code="AccessDenied"))
+                rule = proxy._match(self.command, unquote(self.path))
                 if rule is not None and rule.delay:
                     time.sleep(rule.delay)
                 if rule is not None and rule.status is not None and not rule.after_forward:
@@ -85,7 +91,8 @@ class FaultProxy:
                 self.send_header("Content-Type", "application/xml")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                if self.command != "HEAD":  # a HEAD response has no body; bytes here would corrupt the connection
+                    self.wfile.write(body)
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = _handle
 

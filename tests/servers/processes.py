@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -37,13 +38,16 @@ class Server:
 
 def start(name: str, argv: list[str], url: str, probe_path: str = "/", timeout: float = 30.0, env=None) -> Server:
     """Run ``argv`` and wait until ``url + probe_path`` answers any HTTP status."""
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    # The server's log goes to a file: a pipe nobody reads fills up and blocks the server mid-request.
+    log = tempfile.TemporaryFile()
+    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                env={**os.environ, **(env or {})})
     server = Server(name, url, process)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            err = process.stderr.read().decode(errors="replace")[-2000:]
+            log.seek(0)
+            err = log.read().decode(errors="replace")[-2000:]
             raise RuntimeError(f"{name} exited with {process.returncode}: {err}")
         try:
             urllib.request.urlopen(url + probe_path, timeout=2).close()

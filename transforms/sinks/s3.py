@@ -115,6 +115,8 @@ def client(service: str, region: str | None, endpoint_url: str | None, access_ke
 class S3Storage:
     """Objects under ``s3://<bucket>/<prefix>``, published with conditional PutObject."""
 
+    verify_existing = False
+
     def __init__(self, bucket: str, prefix: str = "", region: str | None = None, kms_key_id: str | None = None,
                  endpoint_url: str | None = None, access_key_id=None, secret_access_key=None, session_token=None,
                  max_attempts: int = 5):
