@@ -25,6 +25,9 @@ EXTRAS = {
         "pytest-timeout>=2.3",
         "hypothesis>=6.100",
         "sqlglot>=25",
+        # Local servers the tests start (tests/servers): S3 and KMS, and GCS.
+        "moto[server,s3,kms]>=5.1,<6",
+        "gcp-storage-emulator>=2024.8",
     ],
     # Destinations that need nothing beyond the core install today; kept as named
     # extras so `pip install beamhouse[duckdb]` keeps working as destinations grow.
@@ -47,6 +50,7 @@ setup(
         "console_scripts": [
             "beamhouse-deliver=pipelines.deliver:main",
             "beamhouse-validate=pipelines.validate:main",
+            "beamhouse-retention=pipelines.retention:main",
         ]
     },
 )

@@ -1,0 +1,220 @@
+"""Apply retention and archival as bucket lifecycle rules.
+
+    python -m pipelines.retention --integrations integrations.json            # print the plan
+    python -m pipelines.retention --integrations integrations.json --apply    # and apply it
+
+For every enabled ``s3``/``gcs`` integration, ``retention`` (on the integration, a ``routing.by_type``
+or ``routing.residency.regions`` route, or a ``routing.tenants`` entry)::
+
+    {"archive_after_days": 30, "archive_storage_class": "GLACIER", "delete_after_days": 365}
+
+becomes one lifecycle rule per (bucket, prefix): S3 rules ``beamhouse-<integration>-<hash>`` with a
+prefix filter, a transition and an expiration; GCS ``SetStorageClass`` and ``Delete`` rules with
+``matchesPrefix``. A tenant's own retention applies to its own bucket or prefix, or, when it shares
+the integration's prefix, to ``<prefix>tenant_id=<tenant>/`` (needs a ``partition_by`` starting with
+the tenant). Rules of other tools are kept; this tool's rules for the integration are replaced.
+Because a bucket deletes an object as soon as any matching rule says so, a tenant rule inside a
+shared prefix cannot keep data longer than the integration's own rule: that is refused.
+
+Applying needs lifecycle permissions (S3 ``s3:GetLifecycleConfiguration`` and
+``s3:PutLifecycleConfiguration``; GCS ``storage.buckets.get`` and ``storage.buckets.update``), which
+delivery itself never needs; the integration's own credentials are used.
+Exit status: 0 done, 2 configuration error, 1 applying failed.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+import sys
+from dataclasses import dataclass
+
+from transforms import partitioning
+from transforms.integrations import load_integrations
+from transforms.secrets import install_log_redaction, redact
+
+S3_CLASSES = {"STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER", "GLACIER_IR", "DEEP_ARCHIVE"}
+GCS_CLASSES = {"NEARLINE", "COLDLINE", "ARCHIVE"}
+
+
+@dataclass(frozen=True)
+class LifecycleRule:
+    integration_id: str
+    vendor: str
+    bucket: str
+    prefix: str
+    label: str
+    archive_after_days: int | None
+    archive_storage_class: str | None
+    delete_after_days: int | None
+
+    @property
+    def rule_id(self) -> str:
+        digest = hashlib.sha256(f"{self.bucket}/{self.prefix}".encode()).hexdigest()[:12]
+        return f"beamhouse-{self.integration_id}-{digest}"
+
+    def describe(self) -> str:
+        parts = []
+        if self.archive_after_days:
+            parts.append(f"archive to {self.archive_storage_class} after {self.archive_after_days} days")
+        if self.delete_after_days:
+            parts.append(f"delete after {self.delete_after_days} days")
+        scheme = "s3" if self.vendor == "s3" else "gs"
+        return f"{self.integration_id} ({self.label}): {scheme}://{self.bucket}/{self.prefix}: {', '.join(parts)}"
+
+
+def tenant_prefix(partition_by: str, tenant: str) -> str:
+    """``tenant_id={tenant_id}/...`` -> ``tenant_id=<encoded tenant>/`` (the tenant's subtree)."""
+    first = partition_by.split("/")[0]
+    if re.findall(r"\{([^{}]*)\}", first) != ["tenant_id"]:
+        raise ValueError("partition_by must start with a component made of literal text and {tenant_id}")
+    return first.replace("{tenant_id}", partitioning.encode_path_value(tenant)) + "/"
+
+
+def plan(integrations) -> tuple[list[LifecycleRule], list[str]]:
+    """The lifecycle rules the integrations ask for, and every problem found. Pure."""
+    rules: dict[tuple[str, str, str], LifecycleRule] = {}
+    errors: list[str] = []
+    for integ in integrations:
+        if not integ.enabled or integ.vendor not in ("s3", "gcs"):
+            continue
+        config = integ.config
+        classes = S3_CLASSES if integ.vendor == "s3" else GCS_CLASSES
+        base_prefix = config.prefix
+        for label, route, retention in config.static_routes():
+            if retention is None:
+                continue
+            prefix = route.prefix
+            if label.startswith("tenant "):
+                tenant = label[len("tenant "):]
+                if config.routing.tenants[tenant].retention is None:
+                    continue  # the integration's rule for that bucket/prefix already covers it
+                if route.bucket == config.bucket and prefix == base_prefix:
+                    try:
+                        prefix = prefix + tenant_prefix(config.partition_by, tenant)
+                    except ValueError as exc:
+                        errors.append(f"{integ.integration_id} ({label}): {exc}")
+                        continue
+                    outer = config.retention
+                    if outer and outer.delete_after_days and (
+                            not retention.delete_after_days or retention.delete_after_days > outer.delete_after_days):
+                        errors.append(f"{integ.integration_id} ({label}): the integration's rule deletes this "
+                                      f"tenant's data after {outer.delete_after_days} days; a longer retention "
+                                      f"needs the tenant's own bucket or prefix")
+                        continue
+            if retention.archive_storage_class and retention.archive_storage_class not in classes:
+                errors.append(f"{integ.integration_id} ({label}): storage class {retention.archive_storage_class} "
+                              f"is not one of {', '.join(sorted(classes))}")
+                continue
+            key = (integ.integration_id, route.bucket, prefix)
+            rules[key] = LifecycleRule(integ.integration_id, integ.vendor, route.bucket, prefix, label,
+                                       retention.archive_after_days, retention.archive_storage_class,
+                                       retention.delete_after_days)
+    return list(rules.values()), errors
+
+
+def s3_rule(rule: LifecycleRule) -> dict:
+    """The S3 lifecycle rule document for ``rule``. Pure."""
+    out = {"ID": rule.rule_id, "Filter": {"Prefix": rule.prefix}, "Status": "Enabled"}
+    if rule.archive_after_days:
+        out["Transitions"] = [{"Days": rule.archive_after_days, "StorageClass": rule.archive_storage_class}]
+    if rule.delete_after_days:
+        out["Expiration"] = {"Days": rule.delete_after_days}
+    return out
+
+
+def gcs_rules(rule: LifecycleRule) -> list[dict]:
+    """The GCS lifecycle rules for ``rule``. Pure."""
+    condition = {"matchesPrefix": [rule.prefix]} if rule.prefix else {}
+    out = []
+    if rule.archive_after_days:
+        out.append({"action": {"type": "SetStorageClass", "storageClass": rule.archive_storage_class},
+                    "condition": {"age": rule.archive_after_days, **condition}})
+    if rule.delete_after_days:
+        out.append({"action": {"type": "Delete"}, "condition": {"age": rule.delete_after_days, **condition}})
+    return out
+
+
+def merge_s3(existing: list[dict], ours: list[dict], integration_id: str) -> list[dict]:
+    mine = f"beamhouse-{integration_id}-"
+    return [r for r in existing if not r.get("ID", "").startswith(mine)] + ours
+
+
+def merge_gcs(existing: list[dict], ours: list[dict], managed_prefixes: set[str]) -> list[dict]:
+    def managed(rule):
+        prefixes = rule.get("condition", {}).get("matchesPrefix") or [""]
+        return len(prefixes) == 1 and prefixes[0] in managed_prefixes
+    return [r for r in existing if not managed(r)] + ours
+
+
+def apply(integrations, rules: list[LifecycleRule]) -> None:
+    by_bucket: dict[tuple[str, str], list[LifecycleRule]] = {}
+    for rule in rules:
+        by_bucket.setdefault((rule.integration_id, rule.bucket), []).append(rule)
+    configs = {i.integration_id: i.config for i in integrations}
+    for (iid, bucket), bucket_rules in sorted(by_bucket.items()):
+        config = configs[iid]
+        if bucket_rules[0].vendor == "s3":
+            _apply_s3(config, iid, bucket, bucket_rules)
+        else:
+            _apply_gcs(config, bucket, bucket_rules)
+
+
+def _apply_s3(config, iid: str, bucket: str, rules: list[LifecycleRule]) -> None:
+    from botocore.exceptions import ClientError
+
+    from transforms.sinks.s3 import client
+
+    s3 = client("s3", config.region, **config.connection())
+    try:
+        existing = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "NoSuchLifecycleConfiguration":
+            raise
+        existing = []
+    merged = merge_s3(existing, [s3_rule(r) for r in rules], iid)
+    s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": merged})
+
+
+def _apply_gcs(config, bucket: str, rules: list[LifecycleRule]) -> None:
+    from transforms.sinks.gcs import client
+
+    gcs_bucket = client(config.endpoint_url, config.service_account_json, config.project_id).get_bucket(bucket)
+    ours = [g for r in rules for g in gcs_rules(r)]
+    gcs_bucket.lifecycle_rules = merge_gcs(list(gcs_bucket.lifecycle_rules), ours, {r.prefix for r in rules})
+    gcs_bucket.patch()
+
+
+def main(argv=None) -> int:
+    install_log_redaction()
+    parser = argparse.ArgumentParser(description="Apply retention and archival as bucket lifecycle rules.")
+    parser.add_argument("--integrations", required=True)
+    parser.add_argument("--apply", action="store_true", help="apply the plan (default: print it only)")
+    args = parser.parse_args(argv)
+    integrations, errors = load_integrations(args.integrations)
+    rules, plan_errors = plan(integrations) if not errors else ([], [])
+    errors += plan_errors
+    if errors:
+        print(f"{len(errors)} configuration error(s):", file=sys.stderr)
+        for err in errors:
+            print(f"  {err}", file=sys.stderr)
+        return 2
+    if not rules:
+        print("no retention configured")
+        return 0
+    for rule in rules:
+        print(rule.describe())
+    if not args.apply:
+        print("(plan only; add --apply to apply)")
+        return 0
+    try:
+        apply(integrations, rules)
+    except Exception as exc:  # noqa: BLE001 - one clear line; credentials never appear
+        print(redact(f"applying failed: {type(exc).__name__}: {exc}"), file=sys.stderr)
+        return 1
+    print(f"applied {len(rules)} rule(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

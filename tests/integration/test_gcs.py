@@ -1,0 +1,126 @@
+"""GCS delivery end to end on the FnApiRunner against gcp-storage-emulator (through the suite's launcher,
+which adds GCS's create-only precondition and CMEK behaviour) with the fault proxy in front of it."""
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+
+import orjson
+import pyarrow.dataset as pads
+import pytest
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+
+from pipelines import deliver
+from tests.conftest import GCS_UNUSABLE_KEY
+from tests.eventgen import generate
+from tests.servers.faultproxy import FaultProxy
+from transforms.partitioning import decode_path_value
+
+RUNNER = "--runner=FnApiRunner"
+DEFAULT_KEY = "projects/test-proj/locations/global/keyRings/ring/cryptoKeys/lake-key"
+T2_KEY = "projects/test-proj/locations/global/keyRings/ring/cryptoKeys/tenant-2"
+
+
+def gcs_client(server):
+    return storage.Client(project="test-proj", credentials=AnonymousCredentials(),
+                          client_options={"api_endpoint": server.url})
+
+
+def blobs(client, bucket):
+    return {b.name: b for b in client.list_blobs(bucket)}
+
+
+@pytest.fixture(scope="module")
+def gcs_lake(gcs_server, tmp_path_factory):
+    root = tmp_path_factory.mktemp("gcs")
+    client = gcs_client(gcs_server)
+    for name in ("gcs-lake", "gcs-tenant2"):
+        client.create_bucket(name)
+    proxy = FaultProxy(gcs_server.url).start()
+    proxy.add_rule(method="POST", path_contains="/upload/", status=503, code="backendError", times=2)
+    proxy.add_rule(method="POST", path_contains="/upload/", status=503, code="backendError", times=2,
+                   after_forward=True)
+    integration = {"source_id": "src_gcs", "vendor": "gcs", "name": "GCS lake", "config": {
+        "bucket": "gcs-lake", "prefix": "events/", "endpoint_url": proxy.url, "kms_key_name": DEFAULT_KEY,
+        "file_format": "parquet", "batch_size": 50, "partition_by": "date={date}/hour={HH}/min={min30}",
+        "routing": {"tenants": {"tenant-1": {"kms_key_name": GCS_UNUSABLE_KEY},
+                                "tenant-2": {"bucket": "gcs-tenant2", "prefix": "", "kms_key_name": T2_KEY}}}}}
+    (root / "i.json").write_bytes(orjson.dumps([integration]))
+    lines, truth = generate(n=600, seed=9, tenants=3, source_id="src_gcs")
+    (root / "in.ndjson").write_bytes(b"\n".join(lines) + b"\n")
+    argv = [f"--integrations={root / 'i.json'}", f"--input={root / 'in.ndjson'}", f"--dead_letter={root / 'dead'}",
+            f"--summary={root / 'summary.json'}", RUNNER]
+    try:
+        assert deliver.run(argv) == 0
+        before = {b: {n: o.generation for n, o in blobs(client, b).items()} for b in ("gcs-lake", "gcs-tenant2")}
+        assert deliver.run(argv[:-2] + [f"--summary={root / 'summary2.json'}", RUNNER]) == 0
+        after = {b: {n: o.generation for n, o in blobs(client, b).items()} for b in ("gcs-lake", "gcs-tenant2")}
+    finally:
+        proxy.stop()
+    return {"root": root, "truth": truth, "client": client, "before": before, "after": after, "proxy": proxy,
+            "summary": orjson.loads((root / "summary.json").read_bytes()),
+            "summary2": orjson.loads((root / "summary2.json").read_bytes())}
+
+
+def test_layout_keys_and_contents(gcs_lake):
+    client, truth = gcs_lake["client"], gcs_lake["truth"]
+    pattern = re.compile(r"^(events/)?date=\d{4}-\d\d-\d\d/hour=\d\d/min=(00-30|30-60)/events-\d+-[0-9a-f]{16}\.parquet$")
+    mirror = gcs_lake["root"] / "mirror"
+    by_tenant = Counter()
+    for bucket, key in (("gcs-lake", DEFAULT_KEY), ("gcs-tenant2", T2_KEY)):
+        for name, blob in blobs(client, bucket).items():
+            if "/_reports/" in f"/{name}":
+                continue
+            assert pattern.match(name), name
+            assert blob.kms_key_name == key, (name, blob.kms_key_name)
+            path = mirror / bucket / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(client.bucket(bucket).blob(name).download_as_bytes())
+    for bucket in ("gcs-lake", "gcs-tenant2"):
+        table = pads.dataset(str(mirror / bucket), format="parquet", partitioning="hive").to_table()
+        for row in table.select(["event_id", "timestamp", "date", "hour", "min"]).to_pylist():
+            ts = row["timestamp"]
+            start = int(row["min"][:2])
+            assert str(row["date"]) == ts.strftime("%Y-%m-%d") and int(row["hour"]) == ts.hour
+            assert start <= ts.minute < start + 30
+            by_tenant[truth["unique"][row["event_id"]]["tenant"]] += 1
+    want = Counter(v["tenant"] for v in truth["unique"].values())
+    assert by_tenant == {"tenant-0": want["tenant-0"], "tenant-2": want["tenant-2"]}  # tenant-1: key unusable
+
+
+def test_unusable_key_fails_closed(gcs_lake):
+    records = [orjson.loads(line) for p in (gcs_lake["root"] / "dead").glob("*.ndjson")
+               for line in p.read_bytes().splitlines()]
+    sink = [r for r in records if r.get("integration_id") == "gcs_lake"]
+    t1 = {k for k, v in gcs_lake["truth"]["unique"].items() if v["tenant"] == "tenant-1"}
+    assert {r["event_id"] for r in sink} == t1 and len(sink) == len(t1)
+    assert all(r["reason"] == "encryption_key_unusable" and "payload" not in r for r in sink)
+    assert gcs_lake["summary"]["integrations"]["gcs_lake"]["balanced"]
+
+
+def test_retries_and_rerun_never_overwrite(gcs_lake):
+    statuses = Counter(s for _, _, s in gcs_lake["proxy"].seen)
+    assert statuses[503] == 4 and statuses[412] >= 2  # lost responses were answered 412 on retry
+    assert gcs_lake["after"] == gcs_lake["before"]  # same objects, same generations: nothing rewritten
+    e = gcs_lake["summary2"]["integrations"]["gcs_lake"]
+    assert e["files"] == e["files_already_present"]
+
+
+def test_reports_match_objects(gcs_lake):
+    client = gcs_lake["client"]
+    for bucket, prefix in (("gcs-lake", "events/"), ("gcs-tenant2", "")):
+        objects = blobs(client, bucket)
+        listed = {}
+        for name, blob in objects.items():
+            if name.startswith(prefix + "_reports/"):
+                assert blob.kms_key_name == (DEFAULT_KEY if bucket == "gcs-lake" else T2_KEY)
+                for f in orjson.loads(client.bucket(bucket).blob(name).download_as_bytes())["files"]:
+                    listed[f["path"]] = f
+        data = {n[len(prefix):] for n in objects if not n.startswith(prefix + "_reports/")}
+        assert set(listed) == data
+        for rel, f in listed.items():
+            body = client.bucket(bucket).blob(prefix + rel).download_as_bytes()
+            assert hashlib.sha256(body).hexdigest() == f["sha256"] and len(body) == f["bytes"]
+            assert decode_path_value(f["tenant"]) in ("tenant-0", "tenant-2")
