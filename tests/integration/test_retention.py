@@ -102,3 +102,15 @@ def test_apply_on_gcs_emulator(gcs_server, tmp_path):
 def test_retention_model_rejects_inconsistent(bad):
     _, errors = validate_integrations([s3_integration("http://127.0.0.1:1", retention=bad)])
     assert errors and errors[0].startswith("$[0].config.retention")
+
+
+def test_bundled_object_store_example_is_valid():
+    from pathlib import Path
+
+    from transforms.integrations import load_integrations
+
+    integrations, errors = load_integrations(str(Path(__file__).resolve().parents[2] / "examples" /
+                                                 "integrations-object-stores.json"))
+    assert errors == [] and [i.vendor for i in integrations] == ["s3", "s3", "gcs"]
+    rules, errors = retention.plan(integrations)
+    assert errors == [] and len(rules) == 4

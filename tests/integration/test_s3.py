@@ -132,6 +132,11 @@ def lake(moto_server, tmp_path_factory):
             "bucket": "exports", "prefix": "daily", "region": "us-east-1", "endpoint_url": moto_server.url,
             "access_key_id": "x", "secret_access_key": "x", "file_format": "parquet", "compression": "zstd",
             "partition_by": "{date}", "partition_time": "received_at"}},
+        {"source_id": "src_abc123", "vendor": "s3", "name": "App first", "config": {
+            "bucket": "exports", "prefix": "apps", "region": "us-east-1", "endpoint_url": moto_server.url,
+            "access_key_id": "x", "secret_access_key": "x", "file_format": "json", "compression": "none",
+            "partition_by": "app_id={app_id}/tenant_id={tenant_id}/{yyyy}/{MM}/{dd}/{HH}",
+            "file_name": "data_{yyyy}_{MM}_{dd}_{HH}_{mm}_{ss}"}},
     ]
     lines, truth = generate(n=1200, seed=5, tenants=4, source_id="src_abc123")
     lines += evil_lines()
@@ -204,7 +209,7 @@ def test_one_version_per_key_after_retries_and_rerun(lake):
 def test_reports_match_objects(lake):
     s3 = lake["s3"]
     for bucket, prefix in (("my-analytics-bucket", "datafly/events/"), ("tenant-lake", ""),
-                           ("tenant2-lake", "t2/"), ("lake-eu", ""), ("exports", "daily/")):
+                           ("tenant2-lake", "t2/"), ("lake-eu", ""), ("exports", "daily/"), ("exports", "apps/")):
         listed = {}
         for report in reports(s3, bucket, prefix):
             for f in report["files"]:
@@ -212,6 +217,7 @@ def test_reports_match_objects(lake):
                 listed[f["path"]] = f
         objects = {k[len(prefix):] for k in all_keys(s3, bucket)
                    if k.startswith(prefix) and not k[len(prefix):].startswith("_reports/")}
+        assert objects, bucket
         assert set(listed) == objects, bucket
         for rel, f in listed.items():
             body = s3.get_object(Bucket=bucket, Key=prefix + rel)["Body"].read()
@@ -307,6 +313,26 @@ def test_seed002_quarter_hours_and_daily(lake):
     for event_id, ts, date, hour, minute in rows:
         start = int(str(minute)[:2])
         assert str(date) == ts.strftime("%Y-%m-%d") and int(hour) == ts.hour and start <= ts.minute < start + 15
+
+
+def test_app_first_layout_encodes_hostile_tenants(lake):
+    s3, truth = lake["s3"], lake["truth"]
+    layout = re.compile(r"^apps/app_id=(?P<a>[^/]+)/tenant_id=(?P<t>[^/]+)/(?P<y>\d{4})/(?P<m>\d\d)/(?P<d>\d\d)/"
+                        r"(?P<h>\d\d)/data_(?P=y)_(?P=m)_(?P=d)_(?P=h)_\d\d_\d\d(_\d+)?\.json$")
+    found = Counter()
+    for key in all_keys(s3, "exports"):
+        if not key.startswith("apps/") or "/_reports/" in key:
+            continue
+        m = layout.match(key)
+        assert m, key
+        assert all(part not in ("", ".", "..") and not part.startswith(("_", ".")) for part in key.split("/"))
+        for line in s3.get_object(Bucket="exports", Key=key)["Body"].read().splitlines():
+            row = orjson.loads(line)
+            found[(decode_path_value(m["a"]), decode_path_value(m["t"]))] += 1
+            assert row["context"]["tenant_id"] == decode_path_value(m["t"])
+    want = Counter((v["app"], v["tenant"]) for v in truth["unique"].values())
+    want.update(("app0", t) for t in EVIL_TENANTS)
+    assert found == want
 
 
 def test_permanent_failure_fails_run_without_report(moto_server, tmp_path):
