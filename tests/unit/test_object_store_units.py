@@ -173,3 +173,11 @@ def test_local_time_named_collision(tmp_path):
     commit.publish_batch(store, names, b"A", 1, batch="a", content_addressed=False)
     second = commit.publish_batch(store, names, b"B", 1, batch="b", content_addressed=False)
     assert second["path"] == "p/data_x_1.json" and (tmp_path / "p" / "data_x_1.json").read_bytes() == b"B"
+
+
+def test_apportion_sums_exactly():
+    from transforms.sinks.files import apportion
+
+    assert apportion({"a": 1, "b": 1, "c": 1}, 100) == {"a": (1, 34), "b": (1, 33), "c": (1, 33)}
+    shares = apportion({"a": 7, "b": 2, "(none)": 1}, 12345)
+    assert sum(b for _, b in shares.values()) == 12345 and shares["a"][1] > shares["b"][1] > shares["(none)"][1]

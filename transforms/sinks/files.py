@@ -7,8 +7,10 @@ Config (plus the common ``batch_size``, ``batch_interval_seconds``, ``consent``,
      "partition_by": "year={yyyy}/month={MM}/day={dd}/hour={HH}", "partition_time": "timestamp",
      "file_name": "events-{epoch}-{id}"}
 
-Events are grouped by route (object stores: bucket, prefix and key), partition and tenant; a file never
-mixes tenants, so per-tenant usage is exact and every file can carry its tenant's key. Each group's
+Events are grouped by route (object stores: bucket, prefix and key) and partition; where the layout or
+the route separates tenants (``{tenant_id}`` in ``partition_by``, a tenant's own route or key) a file holds
+one tenant, so its usage is exact and it carries that tenant's key. Elsewhere files mix tenants (fewer,
+larger files) and a file's bytes are attributed to its tenants in proportion to their events. Each group's
 events, sorted by partition time then ``event_id``, are cut into files of at most ``batch_size`` events
 named by ``file_name`` (default ``events-<epoch>-<batch id>``: epoch = the file's earliest event time in
 seconds, the id derived from the partition and the file's event ids). Files are published with the
@@ -97,6 +99,10 @@ class FileOutputConfig(BaseDestinationConfig):
     def route_for(self, tenant: str | None, dialect: str | None) -> Route:
         return Route("", "", None, None)
 
+    def routing_columns(self) -> tuple[str, ...]:
+        """The event columns the route depends on (``_tenant_id``, ``_dialect``); none for one root."""
+        return ()
+
     def open_storage(self, route: Route):
         raise NotImplementedError
 
@@ -134,6 +140,24 @@ def sink_dead_letters(iid: str, reason: str, rows: pa.Table, error: str, with_pa
             reason, "sink", err, payload, row["source_id"], integration_id=iid, event_id=row["event_id"]))
 
 
+def tenant_counts(rows: pa.Table) -> dict[str, int]:
+    """Events per tenant in ``rows`` (events without a tenant under ``NO_TENANT``)."""
+    counts = pc.value_counts(rows["_tenant_id"]).to_pylist()
+    return {NO_TENANT if c["values"] is None else c["values"]: c["counts"] for c in counts}
+
+
+def apportion(events_by_tenant: dict[str, int], size: int) -> dict[str, tuple[int, int]]:
+    """``{tenant: (events, bytes)}``: a file's bytes shared in proportion to events, summing exactly to
+    ``size`` (the remainder goes to the tenants with the largest fractions, ties by name)."""
+    total = sum(events_by_tenant.values())
+    exact = {t: size * n / total for t, n in events_by_tenant.items()}
+    out = {t: int(v) for t, v in exact.items()}
+    rest = size - sum(out.values())
+    for t in sorted(exact, key=lambda t: (out[t] - exact[t], t))[:rest]:
+        out[t] += 1
+    return {t: (events_by_tenant[t], out[t]) for t in events_by_tenant}
+
+
 class _KeyByPartitionFn(beam.DoFn):
     """Split an event batch by route, partition path and tenant: ``((route, partition, tenant), rows)``.
     Rows without a route (``unknown_tenant``) or whose partition cannot be built (a missing or oversize
@@ -145,13 +169,17 @@ class _KeyByPartitionFn(beam.DoFn):
 
     def setup(self):
         self._template = partitioning.parse_template(self._config.partition_by)
-        self._routes: dict[tuple, str | Exception] = {}
+        self._routes: dict[tuple, tuple | Exception] = {}
+        self._tenant_in_path = "_tenant_id" in self._template.fields
+        self._routing_columns = self._config.routing_columns()
 
     def _route(self, tenant, dialect):
+        """``(route key, tenant scoped)`` or the ``UnknownTenant`` error, cached."""
         key = (tenant, dialect)
         if key not in self._routes:
             try:
-                self._routes[key] = self._config.route_for(tenant, dialect).key()
+                route = self._config.route_for(tenant, dialect)
+                self._routes[key] = (route.key(), route.tenant is not None)
             except UnknownTenant as exc:
                 self._routes[key] = exc
         return self._routes[key]
@@ -167,7 +195,9 @@ class _KeyByPartitionFn(beam.DoFn):
                 columns[name] = labels.take(pc.divide(pc.minute(seconds), width))
             else:
                 columns[name] = table[name]
-        for name in ("_tenant_id", "_dialect"):
+        # Group only by what decides the path and the route: splitting by more (e.g. by tenant when
+        # neither the layout nor the routing needs it) multiplies small groups through the shuffle.
+        for name in self._routing_columns:
             columns.setdefault(name, table[name])
         columns["_row"] = pa.array(np.arange(table.num_rows, dtype=np.int64))
         keys = pa.table(columns)
@@ -177,21 +207,26 @@ class _KeyByPartitionFn(beam.DoFn):
         indices = groups["_row_list"]
         for i, group in enumerate(groups.drop_columns(["_row_list"]).to_pylist()):
             rows = table.take(indices[i].values)
-            tenant = group["_tenant_id"]
-            route = self._route(tenant, group["_dialect"])
-            if isinstance(route, UnknownTenant):
-                yield from sink_dead_letters(self._iid, "unknown_tenant", rows, str(route))
+            tenant = group.get("_tenant_id")
+            resolved = self._route(tenant, group.get("_dialect"))
+            if isinstance(resolved, UnknownTenant):
+                yield from sink_dead_letters(self._iid, "unknown_tenant", rows, str(resolved))
                 continue
+            route, scoped = resolved
             try:
                 partition = partitioning.render_partition(self._template, group["_pkey"], group)
             except partitioning.InvalidPartitionValue as exc:
                 yield from sink_dead_letters(self._iid, "invalid_partition_value", rows, str(exc))
                 continue
-            yield (route, partition, NO_TENANT if tenant is None else tenant), rows
+            if scoped or self._tenant_in_path:
+                yield (route, partition, NO_TENANT if tenant is None else tenant), rows
+            else:
+                yield (route, partition, None), rows  # None: files may mix tenants
 
 
 class _WritePartitionFn(beam.DoFn):
-    """All events of one (route, partition, tenant) -> files of at most ``batch_size`` events."""
+    """All events of one (route, partition, tenant or None for mixed) -> files of at most ``batch_size``
+    events."""
 
     def __init__(self, integration_id: str, config: FileOutputConfig):
         self._iid = integration_id
@@ -230,7 +265,7 @@ class _WritePartitionFn(beam.DoFn):
             except commit.KeyUnusable as exc:
                 yield from sink_dead_letters(self._iid, "encryption_key_unusable", chunk, str(exc), with_payload=False)
                 continue
-            yield {**record, "route": route_key, "tenant": tenant}
+            yield {**record, "route": route_key, **({"tenant": tenant} if tenant is not None else {})}
 
     def _write(self, storage, partition: str, tenant: str, rows):
         c = self._config
@@ -245,14 +280,17 @@ class _WritePartitionFn(beam.DoFn):
                                       content_addressed=self._names.content_addressed, partition=partition)
         self._delivered.inc(rows.num_rows)
         self._files.inc()
-        usage = f"{self._iid}.tenant.{tenant}."
-        Metrics.counter(deadletter.NAMESPACE, usage + "events").inc(rows.num_rows)
-        Metrics.counter(deadletter.NAMESPACE, usage + "files").inc()
-        Metrics.counter(deadletter.NAMESPACE, usage + "bytes").inc(record["bytes"])
         if record["status"] == "already_present":
             self._present.inc()
-        else:
-            Metrics.counter(deadletter.NAMESPACE, usage + "bytes_written").inc(record["bytes"])
+        written = record["status"] == "published"
+        shares = {tenant: rows.num_rows} if tenant is not None else tenant_counts(rows)
+        for name, (events, size) in apportion(shares, record["bytes"]).items():
+            usage = f"{self._iid}.tenant.{name}."
+            Metrics.counter(deadletter.NAMESPACE, usage + "events").inc(events)
+            Metrics.counter(deadletter.NAMESPACE, usage + "files").inc()
+            Metrics.counter(deadletter.NAMESPACE, usage + "bytes").inc(size)
+            if written:
+                Metrics.counter(deadletter.NAMESPACE, usage + "bytes_written").inc(size)
         return record
 
 

@@ -59,6 +59,11 @@ class ObjectStoreConfig(FileOutputConfig):
     def route_for(self, tenant, dialect) -> Route:
         return routes.resolve(self.base_route(), self.routing, tenant, dialect)
 
+    def routing_columns(self) -> tuple[str, ...]:
+        r = self.routing
+        by_tenant = bool(r.tenants or r.residency.tenants) or r.unknown_tenant == "dead_letter"
+        return (("_tenant_id",) if by_tenant else ()) + (("_dialect",) if r.by_type else ())
+
     def static_routes(self):
         return routes.static_routes(self.base_route(), self.routing)
 
