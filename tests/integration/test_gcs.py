@@ -124,3 +124,59 @@ def test_reports_match_objects(gcs_lake):
             assert hashlib.sha256(body).hexdigest() == f["sha256"] and len(body) == f["bytes"]
             # tenant-2 has its own route, so its files name it; tenant-0 uses the shared route
             assert f.get("tenant") == ("tenant-2" if bucket == "gcs-tenant2" else None)
+
+
+def test_service_account_by_reference(gcs_server, tmp_path, caplog):
+    """A service-account key given as ``file:`` is used for real: google-auth signs a JWT grant with it
+    and exchanges it at the key's token_uri (a token endpoint of the test's own), and the key never
+    reaches the logs."""
+    import json
+    import logging
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import parse_qs
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    grants = []
+
+    class Token(BaseHTTPRequestHandler):
+        def do_POST(self):
+            grants.append(parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode()))
+            body = json.dumps({"access_token": "test-token", "token_type": "Bearer", "expires_in": 3600}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Token)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()
+    sa = {"type": "service_account", "project_id": "test-proj", "private_key_id": "kid-0123456789abcdef",
+          "private_key": pem, "client_email": "writer@test-proj.iam.gserviceaccount.com", "client_id": "1",
+          "token_uri": f"http://127.0.0.1:{server.server_address[1]}/token"}
+    (tmp_path / "sa.json").write_text(json.dumps(sa))
+    gcs_client(gcs_server).create_bucket("gcs-sa")
+    integration = {"source_id": "src_gcs", "vendor": "gcs", "name": "SA", "config": {
+        "bucket": "gcs-sa", "prefix": "", "endpoint_url": gcs_server.url,
+        "service_account_json": f"file:{tmp_path / 'sa.json'}"}}
+    (tmp_path / "i.json").write_bytes(orjson.dumps([integration]))
+    lines, truth = generate(n=40, seed=4, tenants=1, bad=False, source_id="src_gcs")
+    (tmp_path / "in.ndjson").write_bytes(b"\n".join(lines) + b"\n")
+    caplog.set_level(logging.DEBUG)
+    try:
+        assert deliver.run([f"--integrations={tmp_path / 'i.json'}", f"--input={tmp_path / 'in.ndjson'}",
+                            f"--dead_letter={tmp_path / 'dead'}", RUNNER]) == 0
+    finally:
+        server.shutdown()
+    assert grants and grants[0]["grant_type"] == ["urn:ietf:params:oauth:grant-type:jwt-bearer"]
+    assert [n for n in blobs(gcs_client(gcs_server), "gcs-sa") if "_reports/" not in n]
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "BEGIN PRIVATE KEY" not in text and "kid-0123456789abcdef" not in text
