@@ -389,3 +389,31 @@ def test_no_secret_in_debug_logs_errors_or_outputs(moto_server, tmp_path, caplog
     for secret in (SEED_SECRET, SEED_KEY_ID):
         assert secret not in text
         assert all(secret.encode() not in blob for blob in outputs)
+
+
+def test_default_credential_chain_and_files_vendor_on_s3(moto_server, tmp_path, monkeypatch):
+    """Keys omitted: boto3's default chain (here the environment) is used; a ``files`` destination on an
+    ``s3://`` path uses the same conditional-write storage."""
+    s3 = client(moto_server)
+    s3.create_bucket(Bucket="chain-bucket")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "chain-key-id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "chain-secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_server.url)  # for the files vendor, which has no endpoint key
+    items = [{"source_id": "src_abc123", "vendor": "s3", "name": "Chain", "config": {
+                 "bucket": "chain-bucket", "prefix": "vendor/", "region": "us-east-1", "endpoint_url": moto_server.url}},
+             {"source_id": "src_abc123", "vendor": "files", "name": "Files on S3", "config": {
+                 "path": "s3://chain-bucket/files", "file_format": "parquet"}}]
+    (tmp_path / "i.json").write_bytes(orjson.dumps(items))
+    lines, truth = generate(n=60, seed=6, tenants=2, bad=False, source_id="src_abc123")
+    argv = [f"--integrations={tmp_path / 'i.json'}", f"--input={write_input(tmp_path, lines)}",
+            f"--dead_letter={tmp_path / 'dead'}", RUNNER]
+    assert deliver.run(argv) == 0
+    keys = all_keys(s3, "chain-bucket")
+    for prefix in ("vendor/", "files/"):
+        data = [k for k in keys if k.startswith(prefix) and "/_reports/" not in k]
+        assert data and any(k.startswith(prefix + "_reports/") for k in keys)
+    table = pads.dataset("chain-bucket/files", filesystem=pafs.S3FileSystem(
+        endpoint_override=moto_server.url, access_key="x", secret_key="x", scheme="http", region="us-east-1"),
+        format="parquet", partitioning="hive", exclude_invalid_files=True).to_table(columns=["event_id", "year"])
+    assert sorted(table["event_id"].to_pylist()) == sorted(truth["unique"])
