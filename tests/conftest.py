@@ -20,3 +20,14 @@ def gcs_server():
     server = processes.start_gcs(unusable_kms_keys=[GCS_UNUSABLE_KEY])
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def bq_server():
+    """bqemulator in its own virtualenv (created once under .cache/, about a minute)."""
+    import os
+
+    cache = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache")
+    server = processes.start_bqemulator(cache)
+    yield server
+    server.stop()

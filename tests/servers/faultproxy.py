@@ -45,6 +45,10 @@ class FaultProxy:
     seen: list[tuple[str, str, int]] = field(default_factory=list)
     # When set, a request it returns False for is answered 403 AccessDenied (an IAM policy stand-in).
     allow: Callable[[str, str], bool] | None = None
+    # When set: rewrite(method, path, body) -> (body to forward, fn(status, response body) -> response body),
+    # or (None, status, response body) to answer without forwarding, or None to leave the request alone.
+    # Lets a test stand in for server behaviour an emulator lacks.
+    rewrite: Callable | None = None
 
     def __post_init__(self):
         self._lock = threading.Lock()
@@ -68,9 +72,22 @@ class FaultProxy:
                     time.sleep(rule.delay)
                 if rule is not None and rule.status is not None and not rule.after_forward:
                     return self._fault(rule)
+                on_response = None
+                if proxy.rewrite is not None:
+                    changed = proxy.rewrite(self.command, unquote(self.path), body)
+                    if changed is not None and changed[0] is None:
+                        _, status, data = changed
+                        return self._reply(status, [("Content-Type", "application/json")], data)
+                    if changed is not None:
+                        body, on_response = changed
                 status, headers, data = proxy._forward(self.command, self.path, self.headers, body)
+                if on_response is not None:
+                    data = on_response(status, data)
                 if rule is not None and rule.status is not None and rule.after_forward:
                     return self._fault(rule)
+                self._reply(status, headers, data)
+
+            def _reply(self, status, headers, data):
                 with proxy._lock:
                     proxy.seen.append((self.command, self.path, status))
                 self.send_response(status)
@@ -135,7 +152,8 @@ class FaultProxy:
     def _forward(self, method, path, headers, body):
         conn = http.client.HTTPConnection(self._up_host, self._up_port, timeout=60)
         try:
-            fwd = {k: v for k, v in headers.items() if k.lower() not in _HOP}
+            fwd = {k: v for k, v in headers.items() if k.lower() not in _HOP and k.lower() != "content-length"}
+            fwd["Content-Length"] = str(len(body))
             conn.request(method, path, body=body or None, headers=fwd)
             resp = conn.getresponse()
             return resp.status, resp.getheaders(), resp.read()

@@ -72,3 +72,44 @@ def start_gcs(unusable_kms_keys=()) -> Server:
     for key in unusable_kms_keys:
         argv += ["--unusable-kms-key", key]
     return start("gcs-emulator", argv, f"http://127.0.0.1:{port}", probe_path="/storage/v1/b")
+
+
+BQEMULATOR_PINS = ["bqemulator==1.4.0", "duckdb==1.5.5", "duckdb-extension-spatial==1.5.5", "numpy"]
+
+
+def bqemulator_venv(cache_dir: str) -> str:
+    """A virtualenv of its own for bqemulator (its duckdb and sqlglot pins clash with the project's),
+    created once under ``cache_dir``. Returns its ``bin`` directory."""
+    import hashlib as _hashlib
+
+    tag = _hashlib.sha256(" ".join(BQEMULATOR_PINS).encode()).hexdigest()[:12]
+    venv = os.path.join(cache_dir, f"bqemulator-{tag}")
+    done = os.path.join(venv, ".installed")
+    if not os.path.exists(done):
+        subprocess.run([sys.executable, "-m", "venv", "--clear", venv], check=True, timeout=120)
+        subprocess.run([os.path.join(venv, "bin", "pip"), "install", "-q", *BQEMULATOR_PINS], check=True,
+                       timeout=900, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        open(done, "w").close()
+    return os.path.join(venv, "bin")
+
+
+def start_bqemulator(cache_dir: str, project: str = "test-proj") -> Server:
+    """bqemulator on free ports. It loads DuckDB's spatial extension at start-up and cannot download it
+    offline: the wheel's copy is placed where DuckDB looks, under a HOME of its own."""
+    import glob
+    import shutil
+
+    bin_dir = bqemulator_venv(cache_dir)
+    home = os.path.join(cache_dir, "bqemulator-home")
+    target = os.path.join(home, ".duckdb", "extensions", "v1.5.5", "linux_amd64")
+    if not os.path.exists(os.path.join(target, "spatial.duckdb_extension")):
+        os.makedirs(target, exist_ok=True)
+        [wheel_copy] = glob.glob(os.path.join(os.path.dirname(bin_dir), "lib", "python*", "site-packages",
+                                              "duckdb_extension_spatial", "extensions", "v1.5.5",
+                                              "spatial.duckdb_extension"))
+        shutil.copy(wheel_copy, target)
+    rest, grpc = free_port(), free_port()
+    return start("bqemulator", [os.path.join(bin_dir, "bqemulator"), "start", "--rest-port", str(rest),
+                                "--grpc-port", str(grpc), "--project", project, "--log-level", "warning"],
+                 f"http://127.0.0.1:{rest}", probe_path=f"/bigquery/v2/projects/{project}/datasets",
+                 timeout=60, env={"HOME": home})

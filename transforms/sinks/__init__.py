@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from transforms.sinks import bigquery as bigquery_sink
 from transforms.sinks import duckdb as duckdb_sink
 from transforms.sinks import files as files_sink
 from transforms.sinks import gcs as gcs_sink
@@ -21,6 +22,7 @@ class Vendor:
 REGISTRY = {
     "files": Vendor(files_sink.FilesConfig, files_sink.WriteEventsToFiles),
     "duckdb": Vendor(duckdb_sink.DuckDBConfig, duckdb_sink.WriteEventsToDuckDB),
+    "bigquery": Vendor(bigquery_sink.BigQueryConfig, bigquery_sink.WriteEventsToBigQuery),
     "s3": Vendor(s3_sink.S3Config, files_sink.WriteEventsToFiles),
     "gcs": Vendor(gcs_sink.GCSConfig, files_sink.WriteEventsToFiles),
 }

@@ -1,0 +1,196 @@
+"""BigQuery streaming inserts end to end on the FnApiRunner against bqemulator (its own virtualenv,
+started by the session fixture).
+
+bqemulator does not apply insert-id de-duplication and answers type errors with HTTP 500 instead of
+per-row ``insertErrors``. The suite's proxy stands in for those two BigQuery behaviours on the insertAll
+path: it drops rows whose ``insertId`` it has already accepted (BigQuery's best-effort de-duplication)
+and rejects the rows a test names with BigQuery's response shape (``skipInvalidRows``: the others land).
+"""
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from datetime import date
+from decimal import Decimal
+
+import orjson
+import pytest
+from google.api_core.client_options import ClientOptions
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import bigquery
+
+from pipelines import deliver, validate
+from tests.eventgen import generate
+from tests.servers.faultproxy import FaultProxy
+
+RUNNER = "--runner=FnApiRunner"
+SEED_BODY = b'''{
+    "source_id": "src_abc123",
+    "vendor": "bigquery",
+    "name": "BigQuery Events",
+    "enabled": true,
+    "config": {
+      "project_id": "my-gcp-project",
+      "dataset": "datafly_events",
+      "dataset": "datafly_events",
+      "table": "events",
+      "service_account_json": "{\\"type\\": \\"service_account\\", \\"project_id\\": \\"...\\", ...}",
+      "batch_size": 500,
+      "batch_interval_seconds": 60
+    }
+  }'''
+FIXED_NOW = "TIMESTAMP '2026-02-01 00:00:00+00'"  # the generated events span 2026-01-28 .. 01-31
+
+
+class InsertAllStandIn:
+    """The proxy's rewrite hook: insert-id de-duplication and per-row rejection, as BigQuery does them."""
+
+    def __init__(self, reject_ids):
+        self.reject_ids = set(reject_ids)
+        self.accepted: set[str] = set()
+        self.requests: list[list[tuple[str, str]]] = []  # per request: (insertId, json.event_id)
+
+    def __call__(self, method, path, body):
+        if method != "POST" or not path.split("?", 1)[0].endswith("/insertAll"):
+            return None
+        request = orjson.loads(body)
+        rows = request.get("rows", [])
+        self.requests.append([(r.get("insertId"), r["json"].get("event_id")) for r in rows])
+        errors, forward = [], []
+        for index, row in enumerate(rows):
+            if row["json"]["event_id"] in self.reject_ids:
+                errors.append({"index": index, "errors": [{"reason": "invalid", "location": "properties",
+                                                           "message": "This field: properties is not a record."}]})
+            elif row.get("insertId") not in self.accepted:
+                forward.append(row)
+        self.accepted.update(r.get("insertId") for r in forward)
+        response = {"kind": "bigquery#tableDataInsertAllResponse", **({"insertErrors": errors} if errors else {})}
+        if not forward:
+            return None, 200, orjson.dumps(response)
+        return orjson.dumps({**request, "rows": forward}), lambda status, data: orjson.dumps(response) \
+            if status == 200 else data
+
+
+def bq_client(url):
+    return bigquery.Client(project="test-proj", credentials=AnonymousCredentials(),
+                           client_options=ClientOptions(api_endpoint=url))
+
+
+def integration(endpoint, **config):
+    return {"source_id": "src_abc123", "vendor": "bigquery", "name": "BigQuery Events", "config": {
+        "project_id": "test-proj", "dataset": "datafly_events", "table": "events", "endpoint_url": endpoint,
+        "batch_size": 500, "batch_interval_seconds": 60, "consent": {"require": ["analytics"]}, **config}}
+
+
+@pytest.fixture(scope="module")
+def bq_run(bq_server, tmp_path_factory):
+    root = tmp_path_factory.mktemp("bq")
+    client = bq_client(bq_server.url)
+    client.create_dataset("test-proj.datafly_events", exists_ok=True)
+    lines, truth = generate(n=900, seed=21, tenants=2, source_id="src_abc123")
+    consented = sorted(k for k, v in truth["unique"].items() if v["consented"])
+    reject = consented[:3]
+    stand_in = InsertAllStandIn(reject)
+    proxy = FaultProxy(bq_server.url, rewrite=stand_in).start()
+    # The first insertAll reaches BigQuery but its answer is lost: the client must resend the same ids.
+    proxy.add_rule(method="POST", path_contains="/insertAll", status=503, code="backendError", times=1,
+                   after_forward=True)
+    (root / "i.json").write_bytes(orjson.dumps([integration(proxy.url, create_table=True, batch_size=200)]))
+    (root / "in.ndjson").write_bytes(b"\n".join(lines) + b"\n")
+    argv = [f"--integrations={root / 'i.json'}", f"--input={root / 'in.ndjson'}", f"--dead_letter={root / 'dead'}",
+            f"--summary={root / 'summary.json'}", RUNNER]
+    try:
+        assert deliver.run(argv) == 0
+    finally:
+        proxy.stop()
+    return {"root": root, "truth": truth, "client": client, "reject": reject, "consented": consented,
+            "stand_in": stand_in, "summary": orjson.loads((root / "summary.json").read_bytes())}
+
+
+def test_rows_land_once_with_the_canonical_schema(bq_run):
+    client = bq_run["client"]
+    table = client.get_table("test-proj.datafly_events.events")
+    assert [f.name for f in table.schema][:3] == ["event_id", "type", "event"]
+    assert table.time_partitioning.field == "timestamp" and table.clustering_fields == ["type", "event"]
+    ids = [r["event_id"] for r in client.query("SELECT event_id FROM `test-proj.datafly_events.events`").result()]
+    assert len(ids) == len(set(ids))  # the retried request did not double a row
+    assert set(ids) == set(bq_run["consented"]) - set(bq_run["reject"])
+    s = bq_run["summary"]["integrations"]["bigquery_events"]
+    assert s["balanced"] and s["delivered"] == len(ids) and s["sink_dead_letters"] == {"sink_rejected": 3}
+
+
+def test_insert_ids_are_event_ids_and_repeat_on_retry(bq_run):
+    requests = bq_run["stand_in"].requests
+    assert all(insert_id == event_id for req in requests for insert_id, event_id in req)
+    assert requests[0] == requests[1]  # the lost answer was retried with identical ids
+    assert max(len(r) for r in requests) <= 200  # batch_size caps each request
+
+
+def test_rejected_rows_are_dead_letters_with_bigquerys_reason(bq_run):
+    records = [orjson.loads(line) for p in (bq_run["root"] / "dead").glob("*.ndjson")
+               for line in p.read_bytes().splitlines()]
+    sink = [r for r in records if r.get("integration_id") == "bigquery_events"]
+    assert sorted(r["event_id"] for r in sink) == sorted(bq_run["reject"])
+    assert all(r["reason"] == "sink_rejected" and "invalid" in r["error"] and "properties" in r["error"]
+               and orjson.loads(r["payload"])["event_id"] == r["event_id"] for r in sink)
+
+
+def test_seed_queries(bq_run):
+    client, truth = bq_run["client"], bq_run["truth"]
+    landed = set(bq_run["consented"]) - set(bq_run["reject"])
+    revenue = client.query(f"""
+        SELECT DATE(timestamp) AS day, SUM(CAST(JSON_VALUE(properties, '$.total') AS FLOAT64)) AS revenue
+        FROM `test-proj.datafly_events.events`
+        WHERE event = 'Order Completed' AND timestamp >= TIMESTAMP_SUB({FIXED_NOW}, INTERVAL 30 DAY)
+        GROUP BY day ORDER BY day DESC""").result()
+    want = defaultdict(Decimal)
+    for k in landed:
+        if truth["unique"][k]["total"] is not None:
+            want[truth["unique"][k]["timestamp"].date()] += truth["unique"][k]["total"]
+    got = {(r["day"] if isinstance(r["day"], date) else date.fromisoformat(str(r["day"]))): round(Decimal(r["revenue"]), 2)
+           for r in revenue}
+    assert got == dict(want)
+    pages = client.query(f"""
+        SELECT JSON_VALUE(context, '$.page.url') AS page_url, COUNT(*) AS views
+        FROM `test-proj.datafly_events.events`
+        WHERE type = 'page' AND timestamp >= TIMESTAMP_SUB({FIXED_NOW}, INTERVAL 7 DAY)
+        GROUP BY page_url ORDER BY views DESC LIMIT 20""").result()
+    want_pages = defaultdict(int)
+    for k in landed:
+        if truth["unique"][k]["type"] == "page":
+            want_pages[truth["unique"][k]["page_url"]] += 1
+    assert {r["page_url"]: r["views"] for r in pages} == dict(want_pages)
+
+
+def test_seed_body_validates_as_is(tmp_path, capsys):
+    (tmp_path / "seed.json").write_bytes(SEED_BODY)
+    assert validate.main([str(tmp_path / "seed.json")]) == 0
+    assert "..." not in capsys.readouterr().out  # the (placeholder) key is never printed
+
+
+def test_fail_fast_on_missing_dataset_table_and_bad_schema(bq_server, tmp_path, capsys):
+    client = bq_client(bq_server.url)
+    client.create_dataset("test-proj.checks", exists_ok=True)
+    client.create_table(bigquery.Table("test-proj.checks.wrong", schema=[
+        bigquery.SchemaField("event_id", "INT64"), bigquery.SchemaField("type", "STRING")]))
+    lines, _ = generate(n=5, seed=1, tenants=1, bad=False, source_id="src_abc123")
+    (tmp_path / "in.ndjson").write_bytes(b"\n".join(lines) + b"\n")
+    cases = [({"dataset": "no_such_dataset"}, "dataset test-proj.no_such_dataset does not exist"),
+             ({"dataset": "checks", "table": "missing"}, "does not exist: set create_table"),
+             ({"dataset": "checks", "table": "wrong"}, "column event_id is INT64, expected STRING")]
+    for override, message in cases:
+        (tmp_path / "i.json").write_bytes(orjson.dumps([integration(bq_server.url, **override)]))
+        assert deliver.run([f"--integrations={tmp_path / 'i.json'}", f"--input={tmp_path / 'in.ndjson'}", RUNNER]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_key_never_logged(bq_server, tmp_path, caplog, capsys):
+    secret_key = '{"type": "service_account", "private_key": "-----BEGIN PRIVATE KEY-----\\nNOTAKEY\\n", "client_email": "x@y"}'
+    (tmp_path / "i.json").write_bytes(orjson.dumps([integration(bq_server.url, service_account_json=secret_key)]))
+    lines, _ = generate(n=5, seed=1, tenants=1, bad=False, source_id="src_abc123")
+    (tmp_path / "in.ndjson").write_bytes(b"\n".join(lines) + b"\n")
+    caplog.set_level(logging.DEBUG)
+    assert deliver.run([f"--integrations={tmp_path / 'i.json'}", f"--input={tmp_path / 'in.ndjson'}", RUNNER]) == 2
+    err = capsys.readouterr().err
+    assert "not a usable service account key" in err
+    assert "NOTAKEY" not in err and "NOTAKEY" not in caplog.text

@@ -1,0 +1,253 @@
+"""Vendor ``bigquery``: streaming inserts (``tabledata.insertAll``) keyed by ``event_id``.
+
+Seed 000's body as it is::
+
+    {"project_id": "my-gcp-project", "dataset": "datafly_events", "table": "events",
+     "service_account_json": "file:/secrets/bq-writer.json", "batch_size": 500, "batch_interval_seconds": 60}
+
+plus ``create_table`` (create the seed's table at start if missing), ``endpoint_url`` (emulators),
+``location``, ``max_attempts``, ``request_timeout_seconds``. Credentials: ``service_account_json`` inline
+or by reference (``env:``/``file:``), else application default credentials; anonymous with
+``endpoint_url`` and no key.
+
+Each request carries at most ``batch_size`` rows (and at most 50,000 rows and about 9 MB, under the API's
+limits), with ``insertId`` = ``event_id``, so a retried request is recognised by BigQuery's best-effort
+de-duplication (about a minute). Transient errors (429, 5xx, connection resets) are retried with
+backoff within a bounded deadline; rows BigQuery rejects become ``sink_rejected`` dead letters with
+BigQuery's reason while the rest of the request lands (``skipInvalidRows``). A missing dataset or table,
+or denied access, fails the run at start with a clear message. Least privilege:
+``bigquery.tables.updateData`` on the table (plus ``bigquery.tables.get`` for the start-up check,
+``bigquery.tables.create`` only with ``create_table``).
+"""
+from __future__ import annotations
+
+import re
+import threading
+from typing import Iterable, Literal
+
+import apache_beam as beam
+import orjson
+from apache_beam.metrics import Metrics
+from pydantic import Field
+
+from transforms import deadletter
+from transforms.integrations import BaseDestinationConfig
+from transforms.profiles.warehouse import COLUMNS, JSON_COLUMNS, TIME_COLUMNS, to_warehouse
+from transforms.secrets import SecretField, redact
+
+DEAD_LETTERS = "dead_letters"
+MAX_ROWS_PER_REQUEST = 50_000     # API limit
+MAX_REQUEST_BYTES = 9_000_000     # below the API's 10 MB request limit, leaving room for the envelope
+SCOPES = ("https://www.googleapis.com/auth/bigquery.insertdata", "https://www.googleapis.com/auth/bigquery")
+
+# The seed's table: (column, type, mode). JSON columns also accept STRING in an existing table.
+SCHEMA = tuple((c, "TIMESTAMP" if c in TIME_COLUMNS else "JSON" if c in JSON_COLUMNS else "STRING",
+                "REQUIRED" if c == "event_id" else "NULLABLE") for c in COLUMNS)
+_ACCEPTED = {"STRING": {"STRING"}, "TIMESTAMP": {"TIMESTAMP"}, "JSON": {"JSON", "STRING"}}
+
+
+class BigQueryConfig(BaseDestinationConfig):
+    project_id: str = Field(pattern=r"^([a-z][a-z0-9.-]{0,62}:)?[a-z][a-z0-9-]{4,61}[a-z0-9]$")
+    dataset: str = Field(pattern=r"^[A-Za-z0-9_]{1,1024}$")
+    table: str = Field(pattern=r"^[A-Za-z0-9_-]{1,1024}$")
+    service_account_json: SecretField | None = None
+    method: Literal["streaming_inserts"] = "streaming_inserts"
+    create_table: bool = False
+    endpoint_url: str | None = Field(None, pattern=r"^https?://[^\s]+$")
+    location: str | None = None
+    max_attempts: int = Field(5, ge=1, le=20)
+    request_timeout_seconds: float = Field(60, gt=0, le=600)
+
+    @property
+    def table_id(self) -> str:
+        return f"{self.project_id}.{self.dataset}.{self.table}"
+
+    def preflight(self) -> list[str]:
+        """Resolve the key, check the dataset and table (creating it with ``create_table``)."""
+        if self.service_account_json is not None and (p := self.service_account_json.check()):
+            return [f"service_account_json: {p}"]
+        try:
+            return ensure_table(client_for(self), self)
+        except Exception as exc:  # noqa: BLE001 - one clear line, never the key
+            return [redact(f"{self.table_id}: {type(exc).__name__}: {getattr(exc, 'message', exc)}")]
+
+
+def create_table_ddl(project_id: str, dataset: str, table: str) -> str:
+    """The seed's DDL for the table (for users who create tables themselves). Pure."""
+    for part, pattern in ((project_id, r"[a-z0-9.:-]+"), (dataset, r"[A-Za-z0-9_]+"), (table, r"[A-Za-z0-9_-]+")):
+        if not re.fullmatch(pattern, part):
+            raise ValueError(f"invalid identifier {part!r}")
+    columns = ",\n".join(f"  {name} {kind}{' NOT NULL' if mode == 'REQUIRED' else ''}" for name, kind, mode in SCHEMA)
+    return (f"CREATE TABLE `{project_id}.{dataset}.{table}` (\n{columns}\n)\n"
+            f"PARTITION BY DATE(timestamp)\nCLUSTER BY type, event;")
+
+
+def schema_problems(fields: Iterable[tuple[str, str, str]]) -> list[str]:
+    """What makes an existing table's schema unusable: ``fields`` are (name, type, mode). Pure."""
+    actual = {name: (kind.upper(), (mode or "NULLABLE").upper()) for name, kind, mode in fields}
+    problems = []
+    for name, kind, _ in SCHEMA:
+        if name not in actual:
+            problems.append(f"column {name} is missing")
+        elif actual[name][0] not in _ACCEPTED[kind]:
+            problems.append(f"column {name} is {actual[name][0]}, expected {kind}")
+    wanted = {name for name, _, _ in SCHEMA}
+    for name, (_, mode) in actual.items():
+        if name not in wanted and mode == "REQUIRED":
+            problems.append(f"column {name} is REQUIRED but not written by beamhouse: every insert would fail")
+    return problems
+
+
+def chunk_rows(rows: list[dict], sizes: list[int], max_rows: int, max_bytes: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` ranges of at most ``max_rows`` rows and ``max_bytes`` bytes (a single larger row
+    gets a request of its own). Pure."""
+    out, start, total = [], 0, 0
+    for i, size in enumerate(sizes):
+        if i > start and (i - start >= max_rows or total + size > max_bytes):
+            out.append((start, i))
+            start, total = i, 0
+        total += size
+    if start < len(rows):
+        out.append((start, len(rows)))
+    return out
+
+
+_clients: dict[tuple, object] = {}
+_lock = threading.Lock()
+
+
+def client_for(config: BigQueryConfig):
+    """A cached google-cloud-bigquery client; the key is read here, on the worker."""
+    from google.api_core.client_options import ClientOptions
+    from google.cloud import bigquery
+
+    info = config.service_account_json.get() if config.service_account_json is not None else None
+    key = (config.project_id, config.endpoint_url, info, config.location)
+    with _lock:
+        if key in _clients:
+            return _clients[key]
+        if info is not None:
+            from google.oauth2 import service_account
+
+            try:
+                creds = service_account.Credentials.from_service_account_info(orjson.loads(info), scopes=SCOPES)
+            except Exception as exc:  # noqa: BLE001 - never echo the key
+                raise ValueError(f"service_account_json is not a usable service account key ({type(exc).__name__})") from None
+        elif config.endpoint_url:
+            from google.auth.credentials import AnonymousCredentials
+
+            creds = AnonymousCredentials()
+        else:
+            import google.auth
+
+            creds, _ = google.auth.default(scopes=SCOPES)
+        options = ClientOptions(api_endpoint=config.endpoint_url) if config.endpoint_url else None
+        _clients[key] = bigquery.Client(project=config.project_id, credentials=creds, location=config.location,
+                                        client_options=options)
+        return _clients[key]
+
+
+def ensure_table(client, config: BigQueryConfig) -> list[str]:
+    """Check dataset and table; create the table when asked. Returns problems (empty when usable)."""
+    from google.api_core import exceptions as gexc
+    from google.cloud import bigquery
+
+    dataset = f"{config.project_id}.{config.dataset}"
+    try:
+        client.get_dataset(dataset, timeout=30)
+    except gexc.NotFound:
+        return [f"dataset {dataset} does not exist (beamhouse does not create datasets)"]
+    except gexc.Forbidden:
+        return [f"access to dataset {dataset} denied (the service account needs bigquery.tables.get and "
+                f"bigquery.tables.updateData on the table)"]
+    try:
+        table = client.get_table(config.table_id, timeout=30)
+    except gexc.NotFound:
+        if not config.create_table:
+            return [f"table {config.table_id} does not exist: set create_table, or create it with the DDL from "
+                    f"python -m pipelines.ddl --integrations FILE"]
+        table = bigquery.Table(config.table_id, schema=[bigquery.SchemaField(n, t, mode=m) for n, t, m in SCHEMA])
+        table.time_partitioning = bigquery.TimePartitioning(type_=bigquery.TimePartitioningType.DAY, field="timestamp")
+        table.clustering_fields = ["type", "event"]
+        client.create_table(table, exists_ok=True, timeout=60)
+        return []
+    problems = schema_problems((f.name, f.field_type, f.mode) for f in table.schema)
+    return [f"table {config.table_id} is incompatible: {p}" for p in problems]
+
+
+def insert_rows(table) -> tuple[list[dict], list[int]]:
+    """Warehouse rows as insertAll JSON (timestamps ISO 8601 UTC, JSON columns as JSON text) and the
+    serialised size of each row."""
+    rows = to_warehouse(table).to_pylist()
+    out, sizes = [], []
+    for row in rows:
+        for column in TIME_COLUMNS:
+            if row[column] is not None:
+                row[column] = row[column].strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        row = {k: v for k, v in row.items() if v is not None}
+        out.append(row)
+        sizes.append(len(orjson.dumps(row)) + len(row["event_id"]) + 32)
+    return out, sizes
+
+
+class _InsertAllFn(beam.DoFn):
+    def __init__(self, integration_id: str, config: BigQueryConfig):
+        self._iid = integration_id
+        self._config = config
+
+    def setup(self):
+        from google.cloud.bigquery.retry import DEFAULT_RETRY
+
+        self._client = client_for(self._config)
+        deadline = min(600.0, 2.0 * (2 ** self._config.max_attempts))  # bounded: nothing retries forever
+        self._retry = DEFAULT_RETRY.with_deadline(deadline)
+        self._delivered = Metrics.counter(deadletter.NAMESPACE, f"{self._iid}.delivered")
+        self._inserted = Metrics.counter(deadletter.NAMESPACE, f"{self._iid}.rows_inserted")
+
+    def process(self, table):
+        rows, sizes = insert_rows(table)
+        limit = min(self._config.batch_size, MAX_ROWS_PER_REQUEST)
+        for start, stop in chunk_rows(rows, sizes, limit, MAX_REQUEST_BYTES):
+            yield from self._insert(rows[start:stop])
+
+    def _insert(self, rows: list[dict]):
+        from google.api_core import exceptions as gexc
+
+        ids = [r["event_id"] for r in rows]
+        try:
+            errors = self._client.insert_rows_json(self._config.table_id, rows, row_ids=ids, skip_invalid_rows=True,
+                                                   retry=self._retry, timeout=self._config.request_timeout_seconds)
+        except (gexc.NotFound, gexc.Forbidden, gexc.BadRequest) as exc:
+            raise RuntimeError(redact(f"{self._config.table_id}: insertAll failed: {exc.message}")) from None
+        rejected = {}
+        for entry in errors:
+            reasons = [f"{e.get('reason', '')}: {e.get('message', '')}".strip(": ") for e in entry.get("errors", [])
+                       if e.get("reason") != "stopped"]
+            if reasons:
+                rejected[entry["index"]] = "; ".join(reasons)
+        landed = len(rows) - len(rejected)
+        self._delivered.inc(landed)
+        self._inserted.inc(landed)
+        for index, reason in sorted(rejected.items()):
+            row = rows[index]
+            deadletter.count("sink_rejected", self._iid)
+            yield beam.pvalue.TaggedOutput(DEAD_LETTERS, deadletter.make_record(
+                "sink_rejected", "sink", f"BigQuery rejected the row: {reason}", orjson.dumps(row).decode(),
+                row.get("source_id"), integration_id=self._iid, event_id=row["event_id"]))
+        if landed:
+            yield {"table": self._config.table_id, "rows": landed}
+
+
+class WriteEventsToBigQuery(beam.PTransform):
+    """Prepared event batches -> insertAll requests; returns ``{"files", "reports", "dead_letters"}``
+    (``files`` carries per-request row counts)."""
+
+    def __init__(self, integration):
+        super().__init__()
+        self._integration = integration
+
+    def expand(self, tables):
+        integ = self._integration
+        out = tables | "InsertAll" >> beam.ParDo(_InsertAllFn(integ.integration_id, integ.config)).with_outputs(
+            DEAD_LETTERS, main="inserted")
+        return {"files": out.inserted, "reports": out.inserted, "dead_letters": out[DEAD_LETTERS]}
