@@ -1,4 +1,4 @@
-"""Vendor ``bigquery``: streaming inserts (``tabledata.insertAll``) keyed by ``event_id``.
+"""Vendor ``bigquery``: streaming inserts (``tabledata.insertAll``) keyed by ``event_id``, or load jobs.
 
 Seed 000's body as it is::
 
@@ -14,7 +14,21 @@ Each request carries at most ``batch_size`` rows (and at most 50,000 rows and ab
 limits), with ``insertId`` = ``event_id``, so a retried request is recognised by BigQuery's best-effort
 de-duplication (about a minute). Transient errors (429, 5xx, connection resets) are retried with
 backoff within a bounded deadline; rows BigQuery rejects become ``sink_rejected`` dead letters with
-BigQuery's reason while the rest of the request lands (``skipInvalidRows``). A missing dataset or table,
+BigQuery's reason while the rest of the request lands (``skipInvalidRows``).
+
+``"method": "file_loads"`` (no streaming cost): each batch of ``batch_size`` rows (rows per load job; BigQuery
+allows 1,500 load jobs per table per day, so raise it) becomes an NDJSON file, loaded by a load job into a
+staging table ``_beamhouse_load_<batch id>`` (``WRITE_TRUNCATE``, so a retried load replaces itself), then
+``MERGE``d into the table on ``event_id`` (pruned to the batch's time range) and the staging table dropped:
+re-runs and retries never duplicate a row. With ``staging_uri`` (``gs://bucket/prefix``) the file is first
+published there (create-only) and loaded from it; otherwise it is uploaded with the load request. A load
+that BigQuery refuses for invalid data is retried as streaming inserts, so the bad rows become dead letters
+and the rest lands.
+
+``"method": "storage_write"`` uses Beam's ``WriteToBigQuery(method=STORAGE_WRITE_API)``, a Java
+cross-language transform: building the pipeline starts Beam's Java expansion service (Java 11+ and the
+expansion-service jar, downloaded from Maven Central unless ``--expansion_service`` names one), which
+also means Beam picks the write ids (not ``event_id``). A missing dataset or table,
 or denied access, fails the run at start with a clear message. Least privilege:
 ``bigquery.tables.updateData`` on the table (plus ``bigquery.tables.get`` for the start-up check,
 ``bigquery.tables.create`` only with ``create_table``).
@@ -51,7 +65,9 @@ class BigQueryConfig(BaseDestinationConfig):
     dataset: str = Field(pattern=r"^[A-Za-z0-9_]{1,1024}$")
     table: str = Field(pattern=r"^[A-Za-z0-9_-]{1,1024}$")
     service_account_json: SecretField | None = None
-    method: Literal["streaming_inserts"] = "streaming_inserts"
+    method: Literal["streaming_inserts", "file_loads", "storage_write"] = "streaming_inserts"
+    staging_uri: str | None = Field(None, pattern=r"^gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/[^\s]*)?$",
+                                    description="file_loads: publish load files here first")
     create_table: bool = False
     endpoint_url: str | None = Field(None, pattern=r"^https?://[^\s]+$")
     location: str | None = None
@@ -96,6 +112,20 @@ def schema_problems(fields: Iterable[tuple[str, str, str]]) -> list[str]:
         if name not in wanted and mode == "REQUIRED":
             problems.append(f"column {name} is REQUIRED but not written by beamhouse: every insert would fail")
     return problems
+
+
+def merge_sql(table_id: str, staging_id: str, min_us: int, max_us: int) -> str:
+    """Insert the staging table's rows whose ``event_id`` the table does not hold; the time range prunes
+    the target's partitions. Pure; identifiers are validated project.dataset.table ids."""
+    for ident in (table_id, staging_id):
+        if not re.fullmatch(r"[a-z0-9.:-]+\.[A-Za-z0-9_]+\.[A-Za-z0-9_-]+", ident):
+            raise ValueError(f"invalid table id {ident!r}")
+    cols = ", ".join(name for name, _, _ in SCHEMA)
+    values = ", ".join(f"S.{name}" for name, _, _ in SCHEMA)
+    return (f"MERGE `{table_id}` T USING `{staging_id}` S\n"
+            f"ON T.event_id = S.event_id AND T.timestamp BETWEEN TIMESTAMP_MICROS({int(min_us)}) "
+            f"AND TIMESTAMP_MICROS({int(max_us)})\n"
+            f"WHEN NOT MATCHED THEN INSERT ({cols}) VALUES ({values})")
 
 
 def chunk_rows(rows: list[dict], sizes: list[int], max_rows: int, max_bytes: int) -> list[tuple[int, int]]:
@@ -175,6 +205,18 @@ def ensure_table(client, config: BigQueryConfig) -> list[str]:
     return [f"table {config.table_id} is incompatible: {p}" for p in problems]
 
 
+def load_file(rows: list[dict]) -> bytes:
+    """NDJSON for a load job: JSON columns as JSON values (a JSON column would keep a string as a string)."""
+    out = []
+    for row in rows:
+        row = dict(row)
+        for column in JSON_COLUMNS:
+            if column in row:
+                row[column] = orjson.Fragment(row[column])
+        out.append(orjson.dumps(row))
+    return b"\n".join(out) + b"\n"
+
+
 def insert_rows(table) -> tuple[list[dict], list[int]]:
     """Warehouse rows as insertAll JSON (timestamps ISO 8601 UTC, JSON columns as JSON text) and the
     serialised size of each row."""
@@ -203,6 +245,7 @@ class _InsertAllFn(beam.DoFn):
         self._retry = DEFAULT_RETRY.with_deadline(deadline)
         self._delivered = Metrics.counter(deadletter.NAMESPACE, f"{self._iid}.delivered")
         self._inserted = Metrics.counter(deadletter.NAMESPACE, f"{self._iid}.rows_inserted")
+        self._present = Metrics.counter(deadletter.NAMESPACE, f"{self._iid}.rows_already_present")
 
     def process(self, table):
         rows, sizes = insert_rows(table)
@@ -238,6 +281,74 @@ class _InsertAllFn(beam.DoFn):
             yield {"table": self._config.table_id, "rows": landed}
 
 
+class _LoadFn(_InsertAllFn):
+    """``file_loads``: load job into a staging table, MERGE on event_id, drop the staging table."""
+
+    def process(self, table):
+        rows, sizes = insert_rows(table)
+        rows.sort(key=lambda r: r["event_id"])
+        for start in range(0, len(rows), self._config.batch_size):
+            yield from self._load(rows[start:start + self._config.batch_size])
+
+    def _load(self, rows: list[dict]):
+        import hashlib
+        import io
+
+        from google.api_core import exceptions as gexc
+        from google.cloud import bigquery
+
+        c = self._config
+        ids = [r["event_id"] for r in rows]
+        batch = hashlib.sha256("\x00".join([c.table_id, *ids]).encode()).hexdigest()[:16]
+        staging = f"{c.project_id}.{c.dataset}._beamhouse_load_{batch}"
+        data = load_file(rows)
+        job_config = bigquery.LoadJobConfig(
+            schema=[bigquery.SchemaField(n, t, mode=m) for n, t, m in SCHEMA],
+            source_format=bigquery.SourceFormat.NEWLINE_DELIMITED_JSON,
+            write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE, max_bad_records=0)
+        timeout = c.request_timeout_seconds * 5
+        try:
+            if c.staging_uri:
+                from transforms.commit import publish_bytes
+                from transforms.sinks.gcs import GCSStorage
+
+                bucket, _, prefix = c.staging_uri[5:].partition("/")
+                name = f"{batch}.ndjson"
+                publish_bytes(GCSStorage(bucket, prefix, service_account_json=c.service_account_json), name, data,
+                              records=len(rows))
+                job = self._client.load_table_from_uri(f"{c.staging_uri.rstrip('/')}/{name}", staging,
+                                                       job_config=job_config, retry=self._retry)
+            else:
+                job = self._client.load_table_from_file(io.BytesIO(data), staging, job_config=job_config,
+                                                        num_retries=c.max_attempts, rewind=True)
+            job.result(timeout=timeout)
+        except (gexc.BadRequest, gexc.GoogleAPICallError) as exc:
+            if isinstance(exc, (gexc.NotFound, gexc.Forbidden)):
+                raise RuntimeError(redact(f"{c.table_id}: load job failed: {exc.message}")) from None
+            # Invalid data: stream this batch instead, so the bad rows are named and the rest lands.
+            self._client.delete_table(staging, not_found_ok=True)
+            yield from self._insert(rows)
+            return
+        times = [r["timestamp"] for r in rows]
+        lo, hi = (_parse_us(min(times)), _parse_us(max(times)))
+        try:
+            merge = self._client.query(merge_sql(c.table_id, staging, lo, hi), retry=self._retry)
+            merge.result(timeout=timeout)
+        finally:
+            self._client.delete_table(staging, not_found_ok=True)
+        inserted = merge.num_dml_affected_rows or 0
+        self._delivered.inc(len(rows))
+        self._inserted.inc(inserted)
+        self._present.inc(len(rows) - inserted)
+        yield {"table": c.table_id, "rows": len(rows), "inserted": inserted}
+
+
+def _parse_us(iso: str) -> int:
+    from transforms.timestamps import parse_timestamp_us
+
+    return parse_timestamp_us(iso)
+
+
 class WriteEventsToBigQuery(beam.PTransform):
     """Prepared event batches -> insertAll requests; returns ``{"files", "reports", "dead_letters"}``
     (``files`` carries per-request row counts)."""
@@ -248,6 +359,44 @@ class WriteEventsToBigQuery(beam.PTransform):
 
     def expand(self, tables):
         integ = self._integration
-        out = tables | "InsertAll" >> beam.ParDo(_InsertAllFn(integ.integration_id, integ.config)).with_outputs(
+        if integ.config.method == "storage_write":
+            return _storage_write(tables, integ)
+        fn = _LoadFn if integ.config.method == "file_loads" else _InsertAllFn
+        out = tables | "Write" >> beam.ParDo(fn(integ.integration_id, integ.config)).with_outputs(
             DEAD_LETTERS, main="inserted")
         return {"files": out.inserted, "reports": out.inserted, "dead_letters": out[DEAD_LETTERS]}
+
+
+def _storage_write(tables, integ):
+    """Beam's Storage Write API transform (Java, via the expansion service; see the module docstring).
+    Rows Beam reports as failed become ``sink_rejected`` dead letters."""
+    c, iid = integ.config, integ.integration_id
+    rows = (tables
+            | "ToRows" >> beam.FlatMap(lambda t: insert_rows(t)[0])
+            | "Count" >> beam.Map(_count, iid, 1))
+    # Beam's schema conversion has no JSON type: JSON columns are sent as JSON text (STRING), which the
+    # Storage Write API accepts for JSON columns.
+    schema = {"fields": [{"name": n, "type": "STRING" if t == "JSON" else t, "mode": m} for n, t, m in SCHEMA]}
+    result = rows | "StorageWrite" >> beam.io.WriteToBigQuery(
+        table=c.table_id, schema=schema, method=beam.io.WriteToBigQuery.Method.STORAGE_WRITE_API,
+        create_disposition=beam.io.BigQueryDisposition.CREATE_NEVER,
+        write_disposition=beam.io.BigQueryDisposition.WRITE_APPEND)
+    dead = result.failed_rows_with_errors | "FailedRows" >> beam.Map(_failed_row, iid)
+    empty = tables.pipeline | "NoFiles" >> beam.Create([])
+    return {"files": empty, "reports": empty, "dead_letters": dead}
+
+
+def _count(row, iid, n):
+    Metrics.counter(deadletter.NAMESPACE, f"{iid}.delivered").inc(n)
+    return row
+
+
+def _failed_row(failed, iid):
+    # Beam yields (destination, row, error) for rows the Storage Write API refused.
+    row, error = (failed[1], failed[2]) if isinstance(failed, tuple) and len(failed) >= 3 else (failed, "refused")
+    row = dict(row) if isinstance(row, dict) else {"row": str(row)}
+    _count(None, iid, -1)
+    deadletter.count("sink_rejected", iid)
+    return deadletter.make_record("sink_rejected", "sink", f"BigQuery Storage Write API: {error}",
+                                  orjson.dumps(row, default=str).decode(), row.get("source_id"),
+                                  integration_id=iid, event_id=row.get("event_id"))
