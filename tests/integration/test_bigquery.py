@@ -175,13 +175,42 @@ def test_fail_fast_on_missing_dataset_table_and_bad_schema(bq_server, tmp_path, 
         bigquery.SchemaField("event_id", "INT64"), bigquery.SchemaField("type", "STRING")]))
     lines, _ = generate(n=5, seed=1, tenants=1, bad=False, source_id="src_abc123")
     (tmp_path / "in.ndjson").write_bytes(b"\n".join(lines) + b"\n")
+    denied = FaultProxy(bq_server.url, allow=lambda method, path: False).start()
     cases = [({"dataset": "no_such_dataset"}, "dataset test-proj.no_such_dataset does not exist"),
+             ({"dataset": "checks", "endpoint_url": denied.url}, "access to dataset test-proj.checks denied"),
              ({"dataset": "checks", "table": "missing"}, "does not exist: set create_table"),
              ({"dataset": "checks", "table": "wrong"}, "column event_id is INT64, expected STRING")]
     for override, message in cases:
         (tmp_path / "i.json").write_bytes(orjson.dumps([integration(bq_server.url, **override)]))
         assert deliver.run([f"--integrations={tmp_path / 'i.json'}", f"--input={tmp_path / 'in.ndjson'}", RUNNER]) == 2
         assert message in capsys.readouterr().err
+    denied.stop()
+
+
+def test_service_account_by_env_reference(bq_server, tmp_path, monkeypatch, caplog):
+    """The key from ``env:``: google-auth signs a JWT grant with it (token endpoint of the suite's own)
+    and the rows land; neither the key nor its id reaches the logs or the summary."""
+    from tests.servers.oauth import TokenServer
+
+    tokens = TokenServer()
+    sa = tokens.service_account(key_id="kid-bq-0123456789")
+    monkeypatch.setenv("BQ_SA_JSON", orjson.dumps(sa).decode())
+    bq_client(bq_server.url).create_dataset("test-proj.sa_check", exists_ok=True)
+    config = integration(bq_server.url, dataset="sa_check", create_table=True, service_account_json="env:BQ_SA_JSON")
+    (tmp_path / "i.json").write_bytes(orjson.dumps([config]))
+    lines, truth = generate(n=30, seed=5, tenants=1, bad=False, source_id="src_abc123")
+    (tmp_path / "in.ndjson").write_bytes(b"\n".join(lines) + b"\n")
+    caplog.set_level(logging.DEBUG)
+    try:
+        assert deliver.run([f"--integrations={tmp_path / 'i.json'}", f"--input={tmp_path / 'in.ndjson'}",
+                            f"--summary={tmp_path / 's.json'}", f"--dead_letter={tmp_path / 'dead'}", RUNNER]) == 0
+    finally:
+        tokens.stop()
+    assert tokens.jwt_grants >= 1
+    rows = list(bq_client(bq_server.url).query("SELECT COUNT(*) n FROM `test-proj.sa_check.events`").result())
+    assert rows[0]["n"] == sum(1 for v in truth["unique"].values() if v["consented"])
+    text = caplog.text + (tmp_path / "s.json").read_text()
+    assert "PRIVATE KEY" not in text and "kid-bq-0123456789" not in text
 
 
 def test_key_never_logged(bq_server, tmp_path, caplog, capsys):

@@ -132,36 +132,11 @@ def test_service_account_by_reference(gcs_server, tmp_path, caplog):
     reaches the logs."""
     import json
     import logging
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-    from urllib.parse import parse_qs
 
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
+    from tests.servers.oauth import TokenServer
 
-    grants = []
-
-    class Token(BaseHTTPRequestHandler):
-        def do_POST(self):
-            grants.append(parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode()))
-            body = json.dumps({"access_token": "test-token", "token_type": "Bearer", "expires_in": 3600}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Token)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption()).decode()
-    sa = {"type": "service_account", "project_id": "test-proj", "private_key_id": "kid-0123456789abcdef",
-          "private_key": pem, "client_email": "writer@test-proj.iam.gserviceaccount.com", "client_id": "1",
-          "token_uri": f"http://127.0.0.1:{server.server_address[1]}/token"}
+    server = TokenServer()
+    sa = server.service_account()
     (tmp_path / "sa.json").write_text(json.dumps(sa))
     gcs_client(gcs_server).create_bucket("gcs-sa")
     integration = {"source_id": "src_gcs", "vendor": "gcs", "name": "SA", "config": {
@@ -175,8 +150,8 @@ def test_service_account_by_reference(gcs_server, tmp_path, caplog):
         assert deliver.run([f"--integrations={tmp_path / 'i.json'}", f"--input={tmp_path / 'in.ndjson'}",
                             f"--dead_letter={tmp_path / 'dead'}", RUNNER]) == 0
     finally:
-        server.shutdown()
-    assert grants and grants[0]["grant_type"] == ["urn:ietf:params:oauth:grant-type:jwt-bearer"]
+        server.stop()
+    assert server.jwt_grants >= 1
     assert [n for n in blobs(gcs_client(gcs_server), "gcs-sa") if "_reports/" not in n]
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "BEGIN PRIVATE KEY" not in text and "kid-0123456789abcdef" not in text
