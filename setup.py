@@ -51,6 +51,7 @@ setup(
             "beamhouse-deliver=pipelines.deliver:main",
             "beamhouse-validate=pipelines.validate:main",
             "beamhouse-retention=pipelines.retention:main",
+            "beamhouse-ddl=pipelines.ddl:main",
         ]
     },
 )

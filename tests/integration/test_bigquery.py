@@ -305,3 +305,15 @@ def test_storage_write_builds_up_to_the_java_expansion_step():
         _ = p | beam.Create([]) | WriteEventsToBigQuery(integ)
     except RuntimeError as exc:
         assert "expansion-service" in str(exc)  # offline: the jar cannot be fetched
+
+
+def test_ddl_printer(tmp_path, capsys):
+    from pipelines import ddl
+
+    items = [integration("http://127.0.0.1:1"), {"source_id": "s", "vendor": "duckdb", "name": "WH",
+                                                 "config": {"path": str(tmp_path / "w.duckdb")}}]
+    (tmp_path / "i.json").write_bytes(orjson.dumps(items))
+    assert ddl.main([f"--integrations={tmp_path / 'i.json'}"]) == 0
+    out = capsys.readouterr().out
+    assert "CREATE TABLE `test-proj.datafly_events.events`" in out and "CLUSTER BY type, event;" in out
+    assert 'CREATE TABLE IF NOT EXISTS "events"' in out
