@@ -181,3 +181,14 @@ def test_apportion_sums_exactly():
     assert apportion({"a": 1, "b": 1, "c": 1}, 100) == {"a": (1, 34), "b": (1, 33), "c": (1, 33)}
     shares = apportion({"a": 7, "b": 2, "(none)": 1}, 12345)
     assert sum(b for _, b in shares.values()) == 12345 and shares["a"][1] > shares["b"][1] > shares["(none)"][1]
+
+
+def test_bigquery_request_chunks_respect_rows_and_bytes():
+    from transforms.sinks.bigquery import chunk_rows, schema_problems, SCHEMA
+
+    rows = [{}] * 10
+    assert chunk_rows(rows, [10] * 10, max_rows=4, max_bytes=10**6) == [(0, 4), (4, 8), (8, 10)]
+    assert chunk_rows(rows, [10] * 10, max_rows=100, max_bytes=35) == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    assert chunk_rows(rows[:2], [500, 1], max_rows=100, max_bytes=100) == [(0, 1), (1, 2)]  # an oversize row alone
+    assert schema_problems(SCHEMA) == []
+    assert schema_problems([(n, "STRING" if t == "JSON" else t, m) for n, t, m in SCHEMA]) == []
