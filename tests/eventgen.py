@@ -124,9 +124,11 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=300)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--tenants", type=int, default=3)
+    parser.add_argument("--source_id", default="src_example")
+    parser.add_argument("--no_bad", action="store_true", help="leave out the malformed lines")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    lines, _ = generate(args.events, args.seed, args.tenants)
+    lines, _ = generate(args.events, args.seed, args.tenants, bad=not args.no_bad, source_id=args.source_id)
     with open(args.out, "wb") as fh:
         fh.write(b"\n".join(lines) + b"\n")
 
