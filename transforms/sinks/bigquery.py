@@ -285,7 +285,7 @@ class _LoadFn(_InsertAllFn):
     """``file_loads``: load job into a staging table, MERGE on event_id, drop the staging table."""
 
     def process(self, table):
-        rows, sizes = insert_rows(table)
+        rows, _ = insert_rows(table)
         rows.sort(key=lambda r: r["event_id"])
         for start in range(0, len(rows), self._config.batch_size):
             yield from self._load(rows[start:start + self._config.batch_size])

@@ -45,10 +45,8 @@ class GCSConfig(ObjectStoreConfig):
     def open_storage(self, route: Route) -> "GCSStorage":
         return GCSStorage(route.bucket, route.prefix, kms_key_name=route.kms_key, **self.connection())
 
-    def key_problem(self, route: Route) -> str | None:
-        # Cloud KMS key state needs the KMS API; GCS itself refuses a disabled or unusable key at write
-        # time, which fails closed the same way (see GCSStorage.put_if_absent).
-        return None
+    # No key_problem check before writing: Cloud KMS key state needs the KMS API, and GCS itself refuses a
+    # disabled or unusable key at write time, which fails closed the same way (GCSStorage.put_if_absent).
 
     def preflight(self) -> list[str]:
         if self.service_account_json is not None and (p := self.service_account_json.check()):
