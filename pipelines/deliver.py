@@ -25,6 +25,7 @@ from transforms.dedup import DeduplicateEvents
 from transforms.deadletter import WriteDeadLetters
 from transforms.integrations import load_integrations
 from transforms.parse import ParseEvents, ParseSettings
+from transforms.read import ReadLineBlocks
 from transforms.routing import PrepareForIntegration
 from transforms.sinks import REGISTRY
 
@@ -54,11 +55,16 @@ def parse_settings(opts: DeliveryOptions, integrations) -> ParseSettings:
     )
 
 
-def build_pipeline(p, inputs, integrations, settings: ParseSettings, dead_letter_path: str) -> dict:
-    """Apply the delivery graph to ``p``. Returns the outputs by name (for tests)."""
-    reads = [p | f"ReadInput{i}" >> beam.io.ReadFromText(glob, coder=BytesCoder()) for i, glob in enumerate(inputs)]
-    lines = reads[0] if len(reads) == 1 else reads | "FlattenInputs" >> beam.Flatten()
-    parsed = lines | "ParseEvents" >> ParseEvents(settings)
+def build_pipeline(p, inputs, integrations, settings: ParseSettings, dead_letter_path: str,
+                   per_line: bool = False) -> dict:
+    """Apply the delivery graph to ``p``. Returns the outputs by name (for tests). ``per_line`` reads one
+    element per line (``ReadFromText``), as a streaming source delivers events, instead of blocks."""
+    if per_line:
+        reads = [p | f"ReadInput{i}" >> beam.io.ReadFromText(glob, coder=BytesCoder()) for i, glob in enumerate(inputs)]
+        lines = reads[0] if len(reads) == 1 else reads | "FlattenInputs" >> beam.Flatten()
+    else:
+        lines = p | "ReadInput" >> ReadLineBlocks(inputs)
+    parsed = lines | "ParseEvents" >> ParseEvents(settings, blocks=not per_line)
     unique = parsed.events | "DeduplicateEvents" >> DeduplicateEvents()
     dead_letters = [parsed.dead_letters]
     outputs = {"unique": unique, "integrations": {}}
@@ -124,7 +130,7 @@ def run(argv=None) -> int:
     settings = parse_settings(opts, integrations)
     try:
         p = beam.Pipeline(options=options)
-        build_pipeline(p, inputs, enabled, settings, opts.dead_letter)
+        build_pipeline(p, inputs, enabled, settings, opts.dead_letter, per_line=opts.per_line_input)
         result = p.run()
         result.wait_until_finish()
     except Exception as exc:  # noqa: BLE001 - report and exit 1; the traceback goes to the debug log

@@ -34,3 +34,6 @@ class DeliveryOptions(PipelineOptions):
         parser.add_argument("--skip_preflight", action="store_true", default=False,
                             help="Skip the start-up checks of destinations (buckets exist, secrets resolve); "
                                  "use when the launcher cannot reach them but the workers can.")
+        parser.add_argument("--per_line_input", action="store_true", default=False,
+                            help="Read inputs one element per line (ReadFromText) instead of in blocks: how a "
+                                 "streaming source delivers events; slower, kept for comparison.")

@@ -16,12 +16,13 @@ import zlib
 from dataclasses import dataclass
 
 import apache_beam as beam
+import numpy as np
 import orjson
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
 from transforms import deadletter
-from transforms.dialects import segment
+from transforms.dialects import segment, segment_bulk
 from transforms.events import batch_schema
 
 DEAD_LETTERS = "dead_letters"
@@ -84,6 +85,8 @@ class _ParseBatchFn(beam.DoFn):
         self._app_path = tuple(s.app_id_field.split("."))
         self._max_past_us = int(s.max_past_days * 86_400_000_000)
         self._max_future_us = int(s.max_future_hours * 3_600_000_000)
+        self._bulk = segment_bulk.BulkNormaliser(self._tenant_path, self._app_path, s.consent_purposes,
+                                                 self._max_past_us, self._max_future_us)
         self._input = Metrics.counter(deadletter.NAMESPACE, "input")
         self._blank = Metrics.counter(deadletter.NAMESPACE, "blank_lines")
 
@@ -103,12 +106,11 @@ class _ParseBatchFn(beam.DoFn):
 
     def process(self, lines):
         s = self._s
+        bulk = self._bulk
         now = deadletter.now_us()
-        n_cols = len(self._schema)
-        shards: dict[int, list[list]] = {}
+        fast, fast_lines, slow = [], [], []
         seen = blank = 0
-        dumps = orjson.dumps
-        purposes = s.consent_purposes
+        depth_limit = s.max_nesting_depth
         for line in lines:
             if line.startswith(_BOM):
                 line = line[3:]
@@ -119,61 +121,106 @@ class _ParseBatchFn(beam.DoFn):
             if len(line) > s.max_event_bytes:
                 yield self._reject("too_large", "parse", f"{len(line)} bytes exceeds {s.max_event_bytes}", line)
                 continue
-            try:
-                obj = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                yield self._classify(line, exc)
-                continue
-            if type(obj) is not dict:
-                yield self._reject("not_an_object", "parse", f"top level is a JSON {type(obj).__name__}", line)
-                continue
-            # Counting brackets is cheap; the walk runs only when the count could exceed the limit.
-            if line.count(b"{") + line.count(b"[") > s.max_nesting_depth and _too_deep(obj, s.max_nesting_depth):
-                yield self._reject("too_deep", "parse", f"nesting deeper than {s.max_nesting_depth}", line)
-                continue
-            try:
-                row = segment.normalise(obj, s.source_id, now, self._max_past_us, self._max_future_us)
-            except segment.Rejected as rej:
-                yield self._reject(rej.reason, "normalise", rej.error, line, rej.event_id)
-                continue
-            event_id = row[0]
-            cols = shards.get(shard_of(event_id, s.shards))
-            if cols is None:
-                cols = shards[shard_of(event_id, s.shards)] = [[] for _ in range(n_cols)]
-            for i in range(8):
-                cols[i].append(row[i])
-            for i in (8, 9, 10):
-                value = row[i]
-                cols[i].append(None if value is None else dumps(value))
-            cols[11].append(_get_path(obj, self._tenant_path))
-            cols[12].append(_get_path(obj, self._app_path))
-            cols[13].append("segment")
-            if purposes:
-                consent = obj.get("context")
-                consent = consent.get("consent") if isinstance(consent, dict) else None
-                if not isinstance(consent, dict):
-                    consent = {}
-                for j, purpose in enumerate(purposes):
-                    cols[14 + j].append(consent.get(purpose) is True)
+            # The fast path takes lines that are valid UTF-8 and shallow enough by bracket count (it keeps
+            # nested objects as text, so it must not see what the per-event checks would refuse).
+            if (bulk.usable and line.count(b"{") + line.count(b"[") <= depth_limit
+                    and (line.isascii() or _valid_utf8(line))):
+                decoded = bulk.decode(line)
+                if decoded is not None:
+                    fast.append(decoded)
+                    fast_lines.append(line)
+                    continue
+            slow.append(line)
         self._input.inc(seen)
         if blank:
             self._blank.inc(blank)
-        for shard, cols in shards.items():
-            arrays = [pa.array(c, type=f.type) for c, f in zip(cols, self._schema)]
-            yield shard, pa.Table.from_arrays(arrays, schema=self._schema)
+        tables = []
+        if fast:
+            columns, accepted, rejected = bulk.run(fast, now)
+            if len(accepted):
+                columns.insert(13, ["segment"] * len(accepted))
+                tables.append(self._table(columns))
+            slow.extend(fast_lines[i] for i in rejected)
+        if slow:
+            columns = [[] for _ in self._schema]
+            for line in slow:
+                rejected = self._normalise_one(line, now, columns)
+                if rejected is not None:
+                    yield rejected
+            if columns[0]:
+                tables.append(self._table(columns))
+        if not tables:
+            return
+        table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+        shards = np.fromiter((shard_of(i, s.shards) for i in table["event_id"].to_pylist()),
+                             dtype=np.int64, count=table.num_rows)
+        for shard in np.unique(shards).tolist():
+            yield shard, table.take(np.flatnonzero(shards == shard))
+
+    def _table(self, columns) -> pa.Table:
+        arrays = [c.cast(f.type) if isinstance(c, pa.Array) else pa.array(c, type=f.type)
+                  for c, f in zip(columns, self._schema)]
+        return pa.Table.from_arrays(arrays, schema=self._schema)
+
+    def _normalise_one(self, line: bytes, now: int, cols: list):
+        """The per-event path: append the event's columns to ``cols``, or return its dead letter."""
+        s = self._s
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            return self._classify(line, exc)
+        if type(obj) is not dict:
+            return self._reject("not_an_object", "parse", f"top level is a JSON {type(obj).__name__}", line)
+        # Counting brackets is cheap; the walk runs only when the count could exceed the limit.
+        if line.count(b"{") + line.count(b"[") > s.max_nesting_depth and _too_deep(obj, s.max_nesting_depth):
+            return self._reject("too_deep", "parse", f"nesting deeper than {s.max_nesting_depth}", line)
+        try:
+            row = segment.normalise(obj, s.source_id, now, self._max_past_us, self._max_future_us)
+        except segment.Rejected as rej:
+            return self._reject(rej.reason, "normalise", rej.error, line, rej.event_id)
+        for i in range(8):
+            cols[i].append(row[i])
+        for i in (8, 9, 10):
+            value = row[i]
+            cols[i].append(None if value is None else orjson.dumps(value))
+        cols[11].append(_get_path(obj, self._tenant_path))
+        cols[12].append(_get_path(obj, self._app_path))
+        cols[13].append("segment")
+        if s.consent_purposes:
+            consent = obj.get("context")
+            consent = consent.get("consent") if isinstance(consent, dict) else None
+            if not isinstance(consent, dict):
+                consent = {}
+            for j, purpose in enumerate(s.consent_purposes):
+                cols[14 + j].append(consent.get(purpose) is True)
+        return None
+
+
+def _valid_utf8(line: bytes) -> bool:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class ParseEvents(beam.PTransform):
-    """Raw lines -> ``{"events": (shard, Table), "dead_letters": record}``."""
+    """Raw lines -> ``{"events": (shard, Table), "dead_letters": record}``.
 
-    def __init__(self, settings: ParseSettings, min_batch: int = 256, max_batch: int = 8192):
+    The input is either blocks of lines (``list[bytes]``, from ``transforms.read.ReadLineBlocks``;
+    ``blocks=True``) or one line per element (``bytes``, as a streaming source delivers them), which are
+    batched first."""
+
+    def __init__(self, settings: ParseSettings, blocks: bool = False, min_batch: int = 256, max_batch: int = 8192):
         super().__init__()
         self._settings = settings
+        self._blocks = blocks
         self._min_batch = min_batch
         self._max_batch = max_batch
 
     def expand(self, lines):
-        return (lines
-                | "BatchLines" >> beam.BatchElements(min_batch_size=self._min_batch, max_batch_size=self._max_batch)
-                | "ParseAndNormalise" >> beam.ParDo(_ParseBatchFn(self._settings)).with_outputs(
-                    DEAD_LETTERS, main="events"))
+        if not self._blocks:
+            lines = lines | "BatchLines" >> beam.BatchElements(
+                min_batch_size=self._min_batch, max_batch_size=self._max_batch)
+        return lines | "ParseAndNormalise" >> beam.ParDo(_ParseBatchFn(self._settings)).with_outputs(
+            DEAD_LETTERS, main="events")

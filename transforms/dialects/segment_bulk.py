@@ -1,0 +1,277 @@
+"""The fast path for Segment events: typed decoding in C (msgspec) and column-at-a-time checks, instead of
+building a Python dict per event and walking it.
+
+Each line is decoded twice by msgspec, both times in C with no dict built: once into ``_Event`` (only
+the known top-level keys, with their types and lengths checked; ``context``/``properties``/``traits``
+kept as the JSON text sent), once into a small "probe" holding just the values read for decisions
+(tenant, app, consent flags, the properties that top-level fields such as a page's ``name`` move into). ``BulkNormaliser.run`` then checks
+and converts whole columns (timestamps by Arrow, windows by numpy).
+
+It *accepts only* events whose handling is obvious. Anything else - an unknown top-level key, a missing
+``messageId`` (a derived id needs the whole object), a wrong type, a timestamp form Arrow does not parse,
+a time outside the window, a name that would clash - is handed back for ``segment.normalise``, which
+applies the full rules and rejects with a reason. There is one set of rules; this path only makes the
+common case cheap, and ``tests/unit/test_bulk.py`` checks both paths give the same rows.
+
+JSON columns of fast-path events are the JSON text as sent (numbers keep their digits, escapes stay as
+sent), re-serialised only where the tool changes the object (a page ``name`` moved into ``properties``).
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Optional, Union
+
+import msgspec
+import numpy as np
+import orjson
+import pyarrow as pa
+
+from transforms.dialects.segment import _MOVED_TO_PROPERTIES, FIXED_EVENT_NAMES, MAX_ID_LENGTH
+from transforms.timestamps import MAX_US, MIN_US, parse_timestamp_us
+
+NO_JSON = msgspec.Raw(b"null")  # the default of an absent JSON column (compared by identity)
+NULL_JSON = msgspec.Raw(b"null")  # an explicit null (compared by value)
+UNSET = msgspec.UNSET
+_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]
+_Time = Union[str, int, None]  # floats and booleans go per event
+_Kind = Literal["page", "track", "identify", "group", "screen", "alias"]  # exact: other cases go per event
+
+
+class _Event(msgspec.Struct, forbid_unknown_fields=True, gc=False):  # no cycles: skip GC tracking
+    type: _Kind
+    messageId: _Id
+    event: Optional[str] = None
+    anonymousId: Optional[_Id] = None
+    userId: Optional[_Id] = None
+    timestamp: _Time = None
+    originalTimestamp: _Time = None
+    receivedAt: _Time = None
+    sentAt: _Time = None
+    context: msgspec.Raw = NO_JSON
+    properties: msgspec.Raw = NO_JSON
+    traits: msgspec.Raw = NO_JSON
+    # UNSET when absent: an explicit null is moved into properties per event, so it must go that way
+    name: Union[str, None, msgspec.UnsetType] = UNSET
+    category: Union[str, None, msgspec.UnsetType] = UNSET
+    groupId: Union[str, None, msgspec.UnsetType] = UNSET
+    previousId: Union[str, None, msgspec.UnsetType] = UNSET
+
+
+JSON_ROOTS = ("context", "properties", "traits")
+
+
+def _struct_for(tree: dict, name: str, leaf_types: dict, path: tuple = ()):
+    """A Struct type decoding the paths of ``tree`` (``{key: subtree, or None for a leaf}``); other keys are
+    skipped in C. Leaves are ``Any`` (UNSET when absent); an intermediate that is not an object fails the
+    decode, sending the event per event."""
+    fields, rename = [], {}
+    for n, (key, sub) in enumerate(sorted(tree.items())):
+        attr = f"f{n}"
+        rename[attr] = key
+        if sub is None:
+            fields.append((attr, leaf_types.get(path + (key,), Any), UNSET))
+        else:
+            fields.append((attr, Optional[_struct_for(sub, f"{name}_{n}", leaf_types, path + (key,))], None))
+    return msgspec.defstruct(name, fields, rename=rename, gc=False)
+
+
+def _id_text(value) -> str | None:
+    """``transforms.parse._get_path``'s rule for a leaf: a string, or an integer's decimal text."""
+    if type(value) is str:
+        return value
+    if type(value) is int:
+        return str(value)
+    return None
+
+
+def timestamps_us(values: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(microseconds, present, invalid)`` for a column of raw timestamp values (str, int or None), by
+    the rules of ``transforms.timestamps.parse_timestamp_us``. Strings are converted by one Arrow cast
+    (the forms Arrow accepts it reads the same way - property-tested); if Arrow refuses any, the column
+    falls back to the per-value parser, which is the definition. Integers: the same magnitude rules,
+    exactly, in int64."""
+    n = len(values)
+    out = np.zeros(n, dtype=np.int64)
+    present = np.fromiter((v is not None for v in values), dtype=bool, count=n)
+    invalid = np.zeros(n, dtype=bool)
+    str_pos = [i for i, v in enumerate(values) if type(v) is str]
+    if str_pos:
+        strings = [values[i] for i in str_pos]
+        try:
+            parsed = pa.array(strings, type=pa.string()).cast(pa.timestamp("us", tz="UTC"))
+            out[str_pos] = parsed.cast(pa.int64()).to_numpy()
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            for i, text in zip(str_pos, strings):
+                try:
+                    out[i] = parse_timestamp_us(text)
+                except ValueError:
+                    invalid[i] = True
+    if len(str_pos) + int(n - present.sum()) < n:
+        int_pos = [i for i, v in enumerate(values) if type(v) is int]
+        ints = [values[i] for i in int_pos]
+        if -10**17 < min(ints) and max(ints) < 10**17:
+            arr = np.array(ints, dtype=np.int64)
+            mag = np.abs(arr)
+            us = np.where(mag < 10**11, arr * 1_000_000, np.where(mag < 10**14, arr * 1_000, arr))
+            out[int_pos] = us
+            invalid[int_pos] = (us < MIN_US) | (us > MAX_US)
+        else:  # nanoseconds and beyond: Python's division rules, per value
+            for i, value in zip(int_pos, ints):
+                try:
+                    out[i] = parse_timestamp_us(value)
+                except ValueError:
+                    invalid[i] = True
+    return out, present, invalid
+
+
+class BulkNormaliser:
+    """Build once per worker (``DoFn.setup``). ``usable`` is False when the tenant/app paths are not inside
+    the JSON columns or overlap (then every event goes per event)."""
+
+    def __init__(self, tenant_path: tuple, app_path: tuple, purposes: tuple, max_past_us: int, max_future_us: int):
+        self.purposes = tuple(purposes)
+        self._max_past_us = max_past_us
+        self._max_future_us = max_future_us
+        self._decode_event = msgspec.json.Decoder(_Event).decode
+        paths = {"tenant": tuple(tenant_path), "app": tuple(app_path),
+                 **{dst: ("properties", dst) for dst in _MOVED}}
+        paths.update({f"consent:{p}": ("context", "consent", p) for p in self.purposes})
+        self.usable = all(len(p) >= 2 and p[0] in JSON_ROOTS for p in paths.values())
+        tree: dict = {}
+        for path in paths.values() if self.usable else ():
+            node = tree
+            for key in path[:-1]:
+                node = node.setdefault(key, {})
+                if node is None:  # a path runs through another's leaf
+                    self.usable = False
+                    break
+            else:
+                if node.get(path[-1]) is not None:  # a leaf where another path goes deeper
+                    self.usable = False
+                node.setdefault(path[-1], None)
+        if not self.usable:
+            return
+        for root in JSON_ROOTS:  # decoding each into a Struct checks in C that it is an object (or null)
+            tree.setdefault(root, {})
+        # Typed where any other type means "no value" anyway (decoding typed is cheaper than Any); a
+        # tenant that is, say, a float then goes per event, which gives the same answer.
+        ids = Union[str, int, None, msgspec.UnsetType]
+        probe = _struct_for(tree, "_Probe", {tuple(tenant_path): ids, tuple(app_path): ids})
+        attrs = {k: f"f{n}" for n, k in enumerate(sorted(tree))}
+        self._decode_probe = msgspec.json.Decoder(probe).decode
+
+        def getter(path):
+            chain = []
+            node, node_attrs = tree, attrs
+            for key in path:
+                chain.append(node_attrs[key])
+                sub = node[key]
+                if sub is not None:
+                    node, node_attrs = sub, {k: f"f{n}" for n, k in enumerate(sorted(sub))}
+            return tuple(chain)
+
+        self._getters = {name: getter(path) for name, path in paths.items()}
+
+    def decode(self, line: bytes):
+        """``(event, probe)`` for the fast path, or None to handle the line per event."""
+        try:
+            return self._decode_event(line), self._decode_probe(line)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None
+
+    def _leaf(self, probes: list, name: str) -> list:
+        first, *rest = self._getters[name]
+        values = [getattr(p, first) for p in probes]
+        for attr in rest:
+            values = [UNSET if v is None or v is UNSET else getattr(v, attr) for v in values]
+        return values
+
+    def run(self, decoded: list, processing_time_us: int):
+        """``decoded``: ``(event, probe)`` pairs from ``decode``. Returns ``(columns, accepted, rejected)``:
+        the columns in batch-schema order up to ``_app_id`` plus one per consent purpose, for the accepted
+        events, and the positions (into ``decoded``) that must go per event."""
+        events = [d[0] for d in decoded]
+        probes = [d[1] for d in decoded]
+        n = len(events)
+        received, r_present, r_bad = timestamps_us([e.receivedAt for e in events])
+        received = np.where(r_present, received, processing_time_us)
+        sent, s_present, s_bad = timestamps_us([e.sentAt for e in events])
+        ts, t_present, t_bad = timestamps_us([e.timestamp for e in events])
+        ots, o_present, o_bad = timestamps_us([e.originalTimestamp for e in events])
+        timestamp = np.where(t_present, ts, np.where(o_present, ots, received))
+        # A bad time is rejected per event even where another one would be used: let that path decide.
+        keep = ~(r_bad | s_bad | t_bad | o_bad)
+        keep &= (timestamp >= received - self._max_past_us) & (timestamp <= received + self._max_future_us)
+        keep &= np.fromiter((e.anonymousId is not None or e.userId is not None for e in events), dtype=bool, count=n)
+        keep &= np.fromiter((e.type != "track" or bool(e.event) for e in events), dtype=bool, count=n)
+        properties = [e.properties for e in events]
+        named = np.fromiter((e.name is not UNSET or e.category is not UNSET or e.groupId is not UNSET
+                             or e.previousId is not UNSET for e in events), dtype=bool, count=n)
+        for i in np.flatnonzero(keep & named).tolist():
+            moved = _move_names(events[i], probes[i], self._getters)
+            if moved is None:
+                keep[i] = False
+            else:
+                properties[i] = moved
+        accepted = np.flatnonzero(keep)
+        rejected = np.flatnonzero(~keep).tolist()
+        acc = [events[i] for i in accepted]
+        acc_probes = [probes[i] for i in accepted]
+        kinds = [e.type for e in acc]
+        columns = [
+            [e.messageId for e in acc],
+            kinds,
+            [e.event if k == "track" else FIXED_EVENT_NAMES[k] for e, k in zip(acc, kinds)],
+            [e.anonymousId for e in acc],
+            [e.userId for e in acc],
+            timestamp[accepted],
+            received[accepted],
+            pa.array(sent[accepted], type=pa.int64(), mask=~s_present[accepted]),
+            _json_column([e.context for e in acc]),
+            _json_column([properties[i] for i in accepted]),
+            _json_column([e.traits for e in acc]),
+            [_id_text(v) for v in self._leaf(acc_probes, "tenant")],
+            [_id_text(v) for v in self._leaf(acc_probes, "app")],
+        ]
+        for purpose in self.purposes:
+            columns.append([v is True for v in self._leaf(acc_probes, f"consent:{purpose}")])
+        return columns, accepted, rejected
+
+
+# Top-level fields that move into properties, by type (``segment._MOVED_TO_PROPERTIES``): field -> property.
+_MOVES = {kind: dict(moves) for kind, moves in _MOVED_TO_PROPERTIES.items()}
+_MOVED = sorted({dst for moves in _MOVES.values() for dst in moves.values()})
+
+
+def _move_names(e, probe, getters):
+    """Page/screen ``name``/``category``, group ``groupId``, alias ``previousId`` into ``properties`` (the
+    per-event rule): appended to the JSON text when the property is absent, unchanged when it holds the
+    same value. None - handle per event, where the field goes to ``context._unmapped`` - when it holds
+    another value, the field is null or the type takes no such field."""
+    moves = _MOVES.get(e.type, {})
+    props = b"{}" if e.properties is NO_JSON or e.properties == NULL_JSON else bytes(e.properties)
+    added = []
+    for src in ("name", "category", "groupId", "previousId"):
+        value = getattr(e, src)
+        if value is UNSET:
+            continue
+        dst = moves.get(src)
+        if dst is None or value is None:
+            return None
+        node = probe
+        for attr in getters[dst]:
+            node = UNSET if node is None or node is UNSET else getattr(node, attr)
+        if node is UNSET:
+            added.append(orjson.dumps(dst) + b":" + orjson.dumps(value))
+        elif node != value or type(node) is not str:
+            return None
+    if not added:
+        return props
+    body = props[1:-1].strip()
+    return b"{" + body + (b"," if body else b"") + b",".join(added) + b"}"
+
+
+def _json_column(raws: list) -> pa.Array:
+    """JSON texts (``msgspec.Raw`` or bytes; ``NO_JSON`` for absent) -> a string column. Lines reach the
+    fast path only once checked to be UTF-8, so the cast cannot fail on encoding."""
+    values = [None if r is NO_JSON or r == NULL_JSON else bytes(r) for r in raws]
+    return pa.array(values, type=pa.binary()).cast(pa.string())
