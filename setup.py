@@ -15,6 +15,7 @@ INSTALL_REQUIRES = [
     "boto3>=1.34",
     "duckdb>=1.1,<3",
     "orjson>=3.10,<4",
+    "msgspec>=0.18,<1",
     "pydantic>=2.7,<3",
     "zstandard>=0.22",
 ]

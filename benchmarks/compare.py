@@ -1,16 +1,18 @@
 """This pipeline against the two things users would otherwise run, on the same generated input:
 
-    python -m benchmarks.compare --events 1000000 --rounds 3 [--tenants 20]
+    python -m benchmarks.compare --events 1000000 --rounds 3 [--tenants 20] [--layout tenant] [--workers N]
 
 - beamhouse: ``python -m pipelines.deliver`` (files destination, Parquet, hourly Hive layout, consent and
-  dedup on, FnApiRunner);
+  dedup on, FnApiRunner with ``--workers`` processes, default one per core);
+- streaming: the same job reading one element per event (``--per_line_input``), as a streaming source
+  delivers them;
 - plain Beam: ``benchmarks/plain_beam.py`` (ReadFromText -> json.loads -> consent Filter -> normalising
   Map -> WriteToParquet, FnApiRunner);
 - DuckDB: ``benchmarks/duckdb_convert.py`` (read_ndjson -> consent filter -> partitioned Parquet COPY).
 
 Rounds are interleaved (beamhouse, plain Beam, DuckDB, then again) so that machine noise hits all three
 alike. Each run is a child process; its wall time comes from ``time.perf_counter`` and its peak RSS from
-``os.wait4``'s resource usage. Prints events/s, the median wall time and peak RSS of each, and the ratios.
+a sampler summing the resident memory of the process tree (workers included). Prints events/s, the median wall time and peak RSS of each, and the ratios.
 The input is deterministic (``tests.eventgen``: duplicates, a consent mix, ``--tenants`` tenants); the
 event count in the rates is ``--events`` (the input also holds about 8% re-sent duplicates).
 """
@@ -23,21 +25,61 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import orjson
 
 
+def _tree_rss_kib(root: int) -> int:
+    """Resident memory of ``root`` and all its descendants now (KiB), from /proc."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as fh:
+                fields = dict(line.split(":", 1) for line in fh if ":" in line)
+        except OSError:
+            continue
+        pid = int(entry)
+        children.setdefault(int(fields["PPid"]), []).append(pid)
+        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0])
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        total += rss.get(pid, 0)
+        stack.extend(children.get(pid, ()))
+    return total
+
+
 def run(argv: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of one child process; raises if it fails."""
+    """Wall seconds and peak RSS (MiB) of one child process and its workers; raises if it fails.
+
+    Peak RSS is the larger of the child's own high-water mark (``os.wait4``) and the highest sum over the
+    process tree sampled every 50 ms, so a job that fans out to worker processes is charged for all of
+    them together."""
     start = time.perf_counter()
     child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak = [0]
+    done = threading.Event()
+
+    def sample():
+        while not done.wait(0.05):
+            peak[0] = max(peak[0], _tree_rss_kib(child.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stderr = child.stderr.read()  # drained while waiting, so a chatty child cannot block on a full pipe
     _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - start
+    done.set()
+    sampler.join()
     child.returncode = os.waitstatus_to_exitcode(status)
     if child.returncode != 0:
-        raise RuntimeError(f"{argv[2]} failed ({child.returncode}): {child.stderr.read().decode()[-1500:]}")
-    return wall, usage.ru_maxrss / 1024
+        raise RuntimeError(f"{argv[2]} failed ({child.returncode}): {stderr.decode()[-1500:]}")
+    return wall, max(usage.ru_maxrss, peak[0]) / 1024
 
 
 def main(argv=None) -> None:
@@ -45,7 +87,12 @@ def main(argv=None) -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tenants", type=int, default=20)
-    parser.add_argument("--only", action="append", choices=["beamhouse", "plain", "duckdb"],
+    parser.add_argument("--workers", type=int, default=os.cpu_count(),
+                        help="worker processes for this pipeline (DirectRunner multi-processing); 1 = in-process")
+    parser.add_argument("--layout", choices=["hourly", "tenant"], default="hourly",
+                        help="hourly: year=/month=/day=/hour=; tenant: tenant_id=<t>/ in front of that (one "
+                             "partition per tenant and hour, to see memory against the number of tenants)")
+    parser.add_argument("--only", action="append", choices=["beamhouse", "streaming", "plain", "duckdb"],
                         help="run only these (repeatable)")
     args = parser.parse_args(argv)
     work = tempfile.mkdtemp(prefix="beamhouse-compare-")
@@ -57,9 +104,18 @@ def main(argv=None) -> None:
                         f"--tenants={args.tenants}", "--no_bad", "--source_id=bench", f"--out={data}"], check=True)
         config = os.path.join(work, "integrations.json")
         py = sys.executable
+        workers = [] if args.workers <= 1 else ["--direct_running_mode=multi_processing",
+                                                 f"--direct_num_workers={args.workers}"]
+        layout = "year={yyyy}/month={MM}/day={dd}/hour={HH}"
+        if args.layout == "tenant":
+            layout = "tenant_id={tenant_id}/" + layout
         tools = {
             "beamhouse": lambda out: [py, "-m", "pipelines.deliver", f"--integrations={config}", f"--input={data}",
-                                      f"--dead_letter={out}/dead", "--runner=FnApiRunner"],
+                                      f"--dead_letter={out}/dead", "--runner=FnApiRunner", *workers],
+            # The same job fed one element per event, as a streaming source delivers them.
+            "streaming": lambda out: [py, "-m", "pipelines.deliver", f"--integrations={config}", f"--input={data}",
+                                      f"--dead_letter={out}/dead", "--runner=FnApiRunner", "--per_line_input",
+                                      *workers],
             "plain": lambda out: [py, "-m", "benchmarks.plain_beam", f"--input={data}", f"--output={out}",
                                   "--runner=FnApiRunner"],
             "duckdb": lambda out: [py, "-m", "benchmarks.duckdb_convert", f"--input={data}", f"--output={out}"],
@@ -68,28 +124,28 @@ def main(argv=None) -> None:
         results = {name: ([], []) for name in chosen}
         for r in range(args.rounds):
             for name in chosen:
-                if name == "beamhouse":  # a fresh lake each round: a re-run would find every file present
+                if name in ("beamhouse", "streaming"):  # a fresh lake each run: a re-run finds every file present
                     with open(config, "wb") as fh:
                         fh.write(orjson.dumps([{"source_id": "bench", "vendor": "files", "name": "lake", "config": {
-                            "path": os.path.join(work, f"lake{r}"), "file_format": "parquet", "batch_size": 100_000,
-                            "consent": {"require": ["analytics"]}}}]))
+                            "path": os.path.join(work, f"lake-{name}{r}"), "file_format": "parquet",
+                            "batch_size": 100_000, "partition_by": layout, "consent": {"require": ["analytics"]}}}]))
                 wall, rss = run(tools[name](os.path.join(work, f"{name}{r}")))
                 results[name][0].append(wall)
                 results[name][1].append(rss)
         n = args.events
         size_mb = os.path.getsize(data) / 1e6
-        print(f"input: {n:,} events ({size_mb:.0f} MB NDJSON), {args.tenants} tenants; rounds: {args.rounds}; "
-              f"cores: {os.cpu_count()}")
+        print(f"input: {n:,} events ({size_mb:.0f} MB NDJSON), {args.tenants} tenants, {args.layout} layout; "
+              f"rounds: {args.rounds}; cores: {os.cpu_count()}; beamhouse workers: {args.workers}")
         medians = {}
         for name, (walls, rss) in results.items():
             medians[name] = statistics.median(walls)
             print(f"{name:10s} median {medians[name]:7.2f} s  {n / medians[name]:>10,.0f} events/s  "
                   f"peak RSS {max(rss):6.0f} MiB  (runs: {', '.join(f'{w:.1f}' for w in walls)})")
-        if "beamhouse" in medians:
+        for ours in ("beamhouse", "streaming"):
             for other in ("plain", "duckdb"):
-                if other in medians:
-                    print(f"beamhouse vs {other}: {medians[other] / medians['beamhouse']:.2f}x the throughput "
-                          f"({medians['beamhouse'] / medians[other]:.2f}x the time)")
+                if ours in medians and other in medians:
+                    print(f"{ours} vs {other}: {medians[other] / medians[ours]:.2f}x the throughput "
+                          f"({medians[ours] / medians[other]:.2f}x the time)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

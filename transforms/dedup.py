@@ -9,7 +9,7 @@ are counted as ``duplicates``.
 from __future__ import annotations
 
 import apache_beam as beam
-import orjson
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
@@ -17,12 +17,12 @@ from apache_beam.metrics import Metrics
 from transforms.deadletter import NAMESPACE
 
 
-def _choice_key(row: dict):
-    return (row["received_at"], orjson.dumps(row, option=orjson.OPT_SORT_KEYS))
-
-
 def dedup_table(table: pa.Table) -> tuple[pa.Table, int]:
-    """Return ``(table without duplicate event_ids, number of rows dropped)``."""
+    """Return ``(table without duplicate event_ids, number of rows dropped)``.
+
+    Among copies of an event the one with the earliest ``received_at`` wins; ties are broken by the other
+    columns' values in schema order (a total order on content, so the winner never depends on the order
+    rows arrived in). Only rows whose id occurs more than once are sorted."""
     ids = table["event_id"]
     if pc.count_distinct(ids).as_py() == table.num_rows:
         return table, 0
@@ -30,12 +30,14 @@ def dedup_table(table: pa.Table) -> tuple[pa.Table, int]:
     dup_ids = counts.filter(pc.greater(counts["event_id_count"], 1))["event_id"]
     mask = pc.is_in(ids, value_set=dup_ids)
     singles = table.filter(pc.invert(mask))
-    best: dict[str, dict] = {}
-    for row in table.filter(mask).to_pylist():
-        current = best.get(row["event_id"])
-        if current is None or _choice_key(row) < _choice_key(current):
-            best[row["event_id"]] = row
-    winners = pa.Table.from_pylist(list(best.values()), schema=table.schema)
+    copies = table.filter(mask)
+    order = ["event_id", "received_at"] + [c for c in copies.column_names if c not in ("event_id", "received_at")]
+    copies = copies.take(pc.sort_indices(copies, sort_keys=[(c, "ascending", "at_end") for c in order]))
+    sorted_ids = copies["event_id"].combine_chunks()
+    first = np.ones(len(sorted_ids), dtype=bool)
+    if len(sorted_ids) > 1:
+        first[1:] = pc.not_equal(sorted_ids[1:], sorted_ids[:-1]).to_numpy(zero_copy_only=False)
+    winners = copies.filter(pa.array(first))
     return pa.concat_tables([singles, winners]), table.num_rows - singles.num_rows - winners.num_rows
 
 

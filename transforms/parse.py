@@ -12,6 +12,7 @@ browsers do); integers beyond the 64-bit range become floats; blank lines are co
 """
 from __future__ import annotations
 
+import typing
 import zlib
 from dataclasses import dataclass
 
@@ -21,7 +22,7 @@ import orjson
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
-from transforms import deadletter
+from transforms import coders, deadletter  # noqa: F401 (coders: registers the Arrow shuffle coder)
 from transforms.dialects import segment, segment_bulk
 from transforms.events import batch_schema
 
@@ -222,5 +223,5 @@ class ParseEvents(beam.PTransform):
         if not self._blocks:
             lines = lines | "BatchLines" >> beam.BatchElements(
                 min_batch_size=self._min_batch, max_batch_size=self._max_batch)
-        return lines | "ParseAndNormalise" >> beam.ParDo(_ParseBatchFn(self._settings)).with_outputs(
-            DEAD_LETTERS, main="events")
+        return lines | "ParseAndNormalise" >> beam.ParDo(_ParseBatchFn(self._settings)).with_output_types(
+            typing.Tuple[int, pa.Table]).with_outputs(DEAD_LETTERS, main="events")

@@ -12,6 +12,6 @@ REPO = Path(__file__).resolve().parents[2]
 def test_compare_runs_all_three_and_prints_ratios():
     out = subprocess.run([sys.executable, "-m", "benchmarks.compare", "--events", "300", "--rounds", "1"],
                          cwd=REPO, capture_output=True, text=True, timeout=240, check=True).stdout
-    for name in ("beamhouse", "plain", "duckdb"):
+    for name in ("beamhouse", "streaming", "plain", "duckdb"):
         assert re.search(rf"^{name}\s+median\s+[\d.]+ s\s+[\d,]+ events/s\s+peak RSS\s+\d+ MiB", out, re.M), out
-    assert "beamhouse vs plain:" in out and "beamhouse vs duckdb:" in out
+    assert "beamhouse vs plain:" in out and "beamhouse vs duckdb:" in out and "streaming vs plain:" in out

@@ -18,6 +18,7 @@ protocol in ``transforms.commit``; then one delivery report per route under ``_r
 """
 from __future__ import annotations
 
+import typing
 from typing import Literal
 
 import apache_beam as beam
@@ -28,7 +29,7 @@ import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from transforms import commit, deadletter, formats, partitioning
+from transforms import coders, commit, deadletter, formats, partitioning  # noqa: F401 (coders: Arrow shuffles)
 from transforms.integrations import BaseDestinationConfig
 from transforms.profiles.warehouse import to_warehouse
 from transforms.routes import Route, UnknownTenant
@@ -202,11 +203,14 @@ class _KeyByPartitionFn(beam.DoFn):
         columns["_row"] = pa.array(np.arange(table.num_rows, dtype=np.int64))
         keys = pa.table(columns)
         group_cols = [c for c in columns if c != "_row"]
-        # Each group's row indices, gathered by Arrow; the order of groups does not matter.
+        # Each group's row indices, gathered by Arrow; all rows are then reordered by group with one
+        # gather and each group is a zero-copy slice (a gather per group is slow on many-chunk tables).
         groups = keys.group_by(group_cols).aggregate([("_row", "list")])
-        indices = groups["_row_list"]
+        lists = groups["_row_list"].combine_chunks()
+        ordered = table.take(lists.flatten())
+        offsets = lists.offsets.to_numpy()
         for i, group in enumerate(groups.drop_columns(["_row_list"]).to_pylist()):
-            rows = table.take(indices[i].values)
+            rows = ordered.slice(offsets[i], offsets[i + 1] - offsets[i])
             tenant = group.get("_tenant_id")
             resolved = self._route(tenant, group.get("_dialect"))
             if isinstance(resolved, UnknownTenant):
@@ -324,7 +328,8 @@ class WriteEventsToFiles(beam.PTransform):
     def expand(self, tables):
         integ = self._integration
         keyed = tables | "KeyByPartition" >> beam.ParDo(
-            _KeyByPartitionFn(integ.integration_id, integ.config)).with_outputs(DEAD_LETTERS, main="rows")
+            _KeyByPartitionFn(integ.integration_id, integ.config)).with_output_types(
+            typing.Tuple[typing.Any, pa.Table]).with_outputs(DEAD_LETTERS, main="rows")
         written = (keyed.rows
                    | "GroupByPartition" >> beam.GroupByKey()
                    | "WritePartitionFiles" >> beam.ParDo(
