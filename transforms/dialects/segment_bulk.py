@@ -59,13 +59,18 @@ class _Event(msgspec.Struct, forbid_unknown_fields=True, gc=False):  # no cycles
 JSON_ROOTS = ("context", "properties", "traits")
 
 
+def _attr_names(tree: dict) -> dict:
+    """JSON key -> the struct attribute decoding it (keys need not be Python identifiers)."""
+    return {key: f"f{n}" for n, key in enumerate(sorted(tree))}
+
+
 def _struct_for(tree: dict, name: str, leaf_types: dict, path: tuple = ()):
     """A Struct type decoding the paths of ``tree`` (``{key: subtree, or None for a leaf}``); other keys are
     skipped in C. Leaves are ``Any`` (UNSET when absent); an intermediate that is not an object fails the
     decode, sending the event per event."""
     fields, rename = [], {}
-    for n, (key, sub) in enumerate(sorted(tree.items())):
-        attr = f"f{n}"
+    for n, (key, attr) in enumerate(_attr_names(tree).items()):
+        sub = tree[key]
         rename[attr] = key
         if sub is None:
             fields.append((attr, leaf_types.get(path + (key,), Any), UNSET))
@@ -156,7 +161,7 @@ class BulkNormaliser:
         # tenant that is, say, a float then goes per event, which gives the same answer.
         ids = Union[str, int, None, msgspec.UnsetType]
         probe = _struct_for(tree, "_Probe", {tuple(tenant_path): ids, tuple(app_path): ids})
-        attrs = {k: f"f{n}" for n, k in enumerate(sorted(tree))}
+        attrs = _attr_names(tree)
         self._decode_probe = msgspec.json.Decoder(probe).decode
 
         def getter(path):
@@ -166,7 +171,7 @@ class BulkNormaliser:
                 chain.append(node_attrs[key])
                 sub = node[key]
                 if sub is not None:
-                    node, node_attrs = sub, {k: f"f{n}" for n, k in enumerate(sorted(sub))}
+                    node, node_attrs = sub, _attr_names(sub)
             return tuple(chain)
 
         self._getters = {name: getter(path) for name, path in paths.items()}
