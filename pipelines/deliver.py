@@ -111,6 +111,9 @@ def run(argv=None) -> int:
     opts = options.view_as(DeliveryOptions)
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = DEFAULT_BATCH_RUNNER
+    if not opts.integrations:
+        print("1 configuration error(s):\n  --integrations: the integrations file is required", file=sys.stderr)
+        return 2
     integrations, errors = load_integrations(opts.integrations)
     inputs = opts.input or []
     if not inputs:

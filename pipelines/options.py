@@ -5,8 +5,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 class DeliveryOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument("--integrations", required=True,
-                            help="Integrations file: a JSON list of integration objects (see README).")
+        # Not argparse-required: Beam parses every registered options class for every pipeline in
+        # the process, so a required flag here would break unrelated pipelines; run() checks it.
+        parser.add_argument("--integrations", default=None,
+                            help="Integrations file (required): a JSON list of integration objects (see README).")
         parser.add_argument("--input", action="append", default=None,
                             help="Input glob on any Beam filesystem; .ndjson or .ndjson.gz (by extension). "
                                  "Repeat for several globs.")

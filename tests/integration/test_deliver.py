@@ -219,6 +219,18 @@ def test_invalid_configuration_exits_2_listing_every_problem(tmp_path, capsys):
         assert expected in err
 
 
+def test_missing_integrations_flag_exits_2_and_other_pipelines_still_run(tmp_path, capsys):
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
+    code = deliver.run([f"--input={tmp_path / 'x.ndjson'}", RUNNER])
+    assert code == 2
+    assert "--integrations: the integrations file is required" in capsys.readouterr().err
+    # The delivery options class is registered with Beam once imported; it must not make an unrelated
+    # pipeline in the same process fail its option parsing (it did while --integrations was required).
+    with beam.Pipeline(runner="FnApiRunner") as p:
+        assert_that(p | beam.Create([1, 2]) | beam.Map(lambda x: x * 2), equal_to([2, 4]))
+
+
 def test_unwritable_dead_letter_path_fails_the_run(tmp_path):
     (tmp_path / "in.ndjson").write_bytes(b"{broken\n")
     (tmp_path / "i.json").write_bytes(orjson.dumps(
