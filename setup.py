@@ -8,6 +8,8 @@ from setuptools import find_packages, setup
 # Pins that must hold together (resolved in one install):
 # - apache-beam 2.77 supports pyarrow < 26.
 # - duckdb >= 1.1 for JSON columns and Arrow scans.
+# - snowflake-connector-python < 5 while fakesnow 0.12 is the test server (it fails to import with 5.x).
+# - redshift-connector needs scramp < 1.5 (its SCRAM API changed).
 INSTALL_REQUIRES = [
     "apache-beam[gcp,aws]==2.77.0",
     "pyarrow>=14,<26",
@@ -18,6 +20,12 @@ INSTALL_REQUIRES = [
     "msgspec>=0.18,<1",
     "pydantic>=2.7,<3",
     "zstandard>=0.22",
+    # Snowflake: the connector (PUT, COPY, key-pair auth) and the official Snowpipe REST client.
+    "snowflake-connector-python>=3.12,<5",
+    "snowflake-ingest>=1.0.9,<2",
+    # Redshift: AWS's official driver.
+    "redshift-connector>=2.1,<3",
+    "scramp>=1.4,<1.5",
 ]
 
 EXTRAS = {
@@ -29,6 +37,8 @@ EXTRAS = {
         # Local servers the tests start (tests/servers): S3 and KMS, and GCS.
         "moto[server,s3,kms]>=5.1,<6",
         "gcp-storage-emulator>=2024.8",
+        # Snowflake stand-in (DuckDB behind the Snowflake connector's wire protocol).
+        "fakesnow[server]>=0.12.1,<0.13",
     ],
     # Destinations that need nothing beyond the core install today; kept as named
     # extras so `pip install beamhouse[duckdb]` keeps working as destinations grow.

@@ -3,7 +3,10 @@
     python -m pipelines.ddl --integrations integrations.json
 
 BigQuery: the seed's table (JSON columns, ``PARTITION BY DATE(timestamp)``, ``CLUSTER BY type, event``).
-DuckDB: the embedded warehouse's table. Exit status 0, or 2 on configuration errors.
+DuckDB: the embedded warehouse's table.
+Snowflake: the seed's table (VARIANT columns), the internal stage and, with ``pipe``, the pipe.
+Redshift: the seed's table (SUPER columns, DISTKEY/SORTKEY) and the load-record table.
+Exit status 0, or 2 on configuration errors.
 """
 from __future__ import annotations
 
@@ -30,6 +33,20 @@ def main(argv=None) -> int:
             from transforms.sinks.bigquery import create_table_ddl
 
             print(f"-- {integ.integration_id} (bigquery)\n{create_table_ddl(c.project_id, c.dataset, c.table)}\n")
+        elif integ.vendor == "snowflake":
+            from transforms.sinks import snowflake as sf
+
+            parts = [sf.create_table_sql(c.database, c.schema_name, c.table)]
+            if c.stage_url is None:
+                parts.append(sf.create_stage_sql(c.database, c.schema_name, c.stage))
+            if c.pipe:
+                parts.append(sf.create_pipe_sql(c.database, c.schema_name, c.pipe, c.table, c.stage, c.file_format))
+            print(f"-- {integ.integration_id} (snowflake)\n" + ";\n\n".join(parts) + ";\n")
+        elif integ.vendor == "redshift":
+            from transforms.sinks import redshift as rs
+
+            print(f"-- {integ.integration_id} (redshift)\n{rs.create_table_sql(c.schema_name, c.table)};\n\n"
+                  f"{rs.create_loads_table_sql(c.schema_name)};\n")
         elif integ.vendor == "duckdb":
             from transforms.sinks.duckdb import create_table_sql
 

@@ -31,3 +31,17 @@ def bq_server():
     server = processes.start_bqemulator(cache)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def fakesnow_server():
+    server = processes.start_fakesnow()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    server = processes.start_postgres()
+    yield server
+    server.stop()

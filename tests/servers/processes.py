@@ -113,3 +113,61 @@ def start_bqemulator(cache_dir: str, project: str = "test-proj") -> Server:
                                 "--grpc-port", str(grpc), "--project", project, "--log-level", "warning"],
                  f"http://127.0.0.1:{rest}", probe_path=f"/bigquery/v2/projects/{project}/datasets",
                  timeout=60, env={"HOME": home})
+
+
+def start_fakesnow() -> Server:
+    """fakesnow's server with the emulation fixes of ``tests.servers.fakesnow_server``."""
+    port = free_port()
+    return start("fakesnow", [sys.executable, "-m", "tests.servers.fakesnow_server", "--port", str(port)],
+                 f"http://127.0.0.1:{port}", timeout=60)
+
+
+@dataclass
+class Postgres:
+    """A throwaway PostgreSQL cluster on a loopback port (trust authentication, one test database)."""
+
+    port: int
+    data_dir: str
+    as_user: list
+
+    def stop(self) -> None:
+        import shutil
+
+        subprocess.run([*self.as_user, _pg_bin("pg_ctl"), "-D", self.data_dir, "-m", "immediate", "-w", "-t", "30",
+                        "stop"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        shutil.rmtree(os.path.dirname(self.data_dir), ignore_errors=True)
+
+
+def _pg_bin(name: str) -> str:
+    import glob
+    import shutil
+
+    found = shutil.which(name) or sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))[-1:]
+    if not found:
+        raise RuntimeError(f"PostgreSQL's {name} is not installed (.ci/run installs the postgresql package)")
+    return found if isinstance(found, str) else found[0]
+
+
+def start_postgres(database: str = "analytics") -> Postgres:
+    """initdb + pg_ctl start on a free port; as the ``postgres`` user when running as root (PostgreSQL
+    refuses to run as root). Creates ``database``."""
+    root = tempfile.mkdtemp(prefix="beamhouse-pg-")
+    data = os.path.join(root, "data")
+    as_user = []
+    if os.geteuid() == 0:
+        import pwd
+
+        pw = pwd.getpwnam("postgres")
+        os.chown(root, pw.pw_uid, pw.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120, check=True)
+    subprocess.run([*as_user, _pg_bin("initdb"), "-A", "trust", "-U", "postgres", "-D", data, "-E", "UTF8",
+                    "--no-sync"], **quiet)
+    opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off"
+    subprocess.run([*as_user, _pg_bin("pg_ctl"), "-D", data, "-o", opts, "-l", os.path.join(root, "log"), "-w",
+                    "-t", "60", "start"], **quiet)
+    server = Postgres(port, data, as_user)
+    subprocess.run([*as_user, _pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", database],
+                   **quiet)
+    return server

@@ -10,7 +10,9 @@ from transforms.sinks import bigquery as bigquery_sink
 from transforms.sinks import duckdb as duckdb_sink
 from transforms.sinks import files as files_sink
 from transforms.sinks import gcs as gcs_sink
+from transforms.sinks import redshift as redshift_sink
 from transforms.sinks import s3 as s3_sink
+from transforms.sinks import snowflake as snowflake_sink
 
 
 @dataclass(frozen=True)
@@ -25,4 +27,6 @@ REGISTRY = {
     "bigquery": Vendor(bigquery_sink.BigQueryConfig, bigquery_sink.WriteEventsToBigQuery),
     "s3": Vendor(s3_sink.S3Config, files_sink.WriteEventsToFiles),
     "gcs": Vendor(gcs_sink.GCSConfig, files_sink.WriteEventsToFiles),
+    "snowflake": Vendor(snowflake_sink.SnowflakeConfig, snowflake_sink.WriteEventsToSnowflake),
+    "redshift": Vendor(redshift_sink.RedshiftConfig, redshift_sink.WriteEventsToRedshift),
 }

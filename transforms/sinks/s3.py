@@ -156,6 +156,22 @@ class S3Storage:
             raise commit.PublishError(redact(f"{relative}: S3 PutObject failed ({code}: {message})")) from None
         return True
 
+    def delete(self, relatives: list[str]) -> None:
+        """Delete objects (staging files once loaded); missing ones are fine. Raises on refusals."""
+        from botocore.exceptions import ClientError
+
+        for start in range(0, len(relatives), 1000):  # DeleteObjects takes at most 1000 keys
+            keys = [{"Key": self.key(r)} for r in relatives[start:start + 1000]]
+            try:
+                response = self._client().delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "")
+                raise commit.PublishError(f"{self.bucket}: DeleteObjects failed ({code})") from None
+            errors = response.get("Errors", [])
+            if errors:
+                raise commit.PublishError(f"{self.bucket}: could not delete {len(errors)} staged object(s), "
+                                          f"e.g. {errors[0].get('Key')} ({errors[0].get('Code')})")
+
     def lookup(self, relative: str) -> dict | None:
         from botocore.exceptions import ClientError
 
