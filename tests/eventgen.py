@@ -119,6 +119,24 @@ def generate(n: int = 300, seed: int = 7, tenants: int = 3, bad: bool = True, so
     return lines, truth
 
 
+def prepare_run(root, integrations: list, n: int, seed: int, tenants: int = 2, source_id: str = "src_abc123",
+                runner: str = "--runner=FnApiRunner"):
+    """Write generated events and an integrations file under ``root`` (created); returns ``(truth, argv)``
+    for ``pipelines.deliver.run`` with dead letters and the summary under ``root``."""
+    root.mkdir(parents=True)
+    lines, truth = generate(n=n, seed=seed, tenants=tenants, source_id=source_id)
+    (root / "i.json").write_bytes(orjson.dumps(integrations))
+    (root / "in.ndjson").write_bytes(b"\n".join(lines) + b"\n")
+    argv = [f"--integrations={root / 'i.json'}", f"--input={root / 'in.ndjson'}", f"--dead_letter={root / 'dead'}",
+            f"--summary={root / 'summary.json'}", runner]
+    return truth, argv
+
+
+def consented_ids(truth) -> set[str]:
+    """The unique events a consent-requiring integration must deliver."""
+    return {k for k, v in truth["unique"].items() if v["consented"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=300)

@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from pipelines import deliver, validate
-from tests.eventgen import generate
+from tests.eventgen import consented_ids, prepare_run
 from tests.servers.redshift_shim import RedshiftShim
 from transforms.sinks.redshift import revenue_by_day_sql
 
@@ -97,12 +97,7 @@ def integration(env, schema: str, **config) -> dict:
 
 def run(tmp_path, env, integ, n=400, seed=31, name="run"):
     root = tmp_path / name
-    root.mkdir()
-    lines, truth = generate(n=n, seed=seed, tenants=2, source_id="src_abc123")
-    (root / "i.json").write_bytes(orjson.dumps([integ]))
-    (root / "in.ndjson").write_bytes(b"\n".join(lines) + b"\n")
-    argv = [f"--integrations={root / 'i.json'}", f"--input={root / 'in.ndjson'}", f"--dead_letter={root / 'dead'}",
-            f"--summary={root / 'summary.json'}", RUNNER]
+    truth, argv = prepare_run(root, [integ], n, seed, runner=RUNNER)
     return root, truth, argv
 
 
@@ -116,10 +111,6 @@ def staged_keys(env, schema: str) -> list[str]:
     return [o["Key"] for o in listing.get("Contents", [])]
 
 
-def consented(truth) -> set[str]:
-    return {k for k, v in truth["unique"].items() if v["consented"]}
-
-
 def test_seed_body_validates_as_is(tmp_path):
     (tmp_path / "seed.json").write_bytes(orjson.dumps(SEED_BODY))
     assert validate.main([str(tmp_path / "seed.json")]) == 0
@@ -131,7 +122,7 @@ def test_delivers_unique_consented_events_once_and_deletes_staging(env, tmp_path
     root, truth, argv = run(tmp_path, env, integration(env, "s1", create_table=True))
     assert deliver.run(argv) == 0
     got = rows(env, "s1")
-    want = consented(truth)
+    want = consented_ids(truth)
     assert [r[0] for r in got] == sorted(want)
     for event_id, kind, ts, tenant, _ in got:
         assert kind == truth["unique"][event_id]["type"]
@@ -179,7 +170,7 @@ def test_copy_failing_mid_way_leaves_no_partial_load_and_keeps_staged_files(env,
     assert any(k.endswith(".json.gz") for k in kept) and any(k.endswith(".manifest") for k in kept)
     # The next run loads everything exactly once and only then removes the staging files.
     assert deliver.run(argv) == 0
-    assert [r[0] for r in rows(env, "s2")] == sorted(consented(truth))
+    assert [r[0] for r in rows(env, "s2")] == sorted(consented_ids(truth))
     assert staged_keys(env, "s2") == []
 
 
@@ -189,10 +180,10 @@ def test_retry_after_lost_commit_acknowledgement_loads_nothing_twice(env, tmp_pa
     env["shim"].drop_after_commit = True
     assert deliver.run(argv) == 0
     assert env["shim"].drop_after_commit is False  # the connection was dropped after a commit
-    assert [r[0] for r in rows(env, "s3")] == sorted(consented(truth))
+    assert [r[0] for r in rows(env, "s3")] == sorted(consented_ids(truth))
     entry = orjson.loads((root / "summary.json").read_bytes())["integrations"]["redshift_events"]
     # The retried load found its own record: its rows count as already present, none inserted twice.
-    assert entry["rows_inserted"] + entry["rows_already_present"] == len(consented(truth))
+    assert entry["rows_inserted"] + entry["rows_already_present"] == len(consented_ids(truth))
     assert entry["rows_already_present"] > 0
     assert staged_keys(env, "s3") == []
 
@@ -200,7 +191,7 @@ def test_retry_after_lost_commit_acknowledgement_loads_nothing_twice(env, tmp_pa
 def test_rows_redshift_refuses_become_dead_letters_with_its_reason(env, tmp_path):
     psql(env["pg"], "CREATE SCHEMA s4")
     root, truth, argv = run(tmp_path, env, integration(env, "s4"), n=200, seed=34)
-    refused = sorted(consented(truth))[:2]
+    refused = sorted(consented_ids(truth))[:2]
     psql(env["pg"], "CREATE TABLE s4.events (event_id VARCHAR(64) NOT NULL, type VARCHAR(20), event VARCHAR(256), "
                     "anonymous_id VARCHAR(64), user_id VARCHAR(256), timestamp TIMESTAMP, received_at TIMESTAMP, "
                     "sent_at TIMESTAMP, context SUPER, properties SUPER, traits SUPER, source_id VARCHAR(64), "
@@ -208,7 +199,7 @@ def test_rows_redshift_refuses_become_dead_letters_with_its_reason(env, tmp_path
                     f"('{refused[0]}', '{refused[1]}')))")
     assert deliver.run(argv) == 0
     landed = [r[0] for r in rows(env, "s4")]
-    assert landed == sorted(consented(truth) - set(refused))
+    assert landed == sorted(consented_ids(truth) - set(refused))
     dead = [orjson.loads(line) for p in (root / "dead").rglob("*.ndjson") for line in p.read_bytes().splitlines()]
     sink = [d for d in dead if d["reason"] == "sink_rejected"]
     assert sorted(d["event_id"] for d in sink) == refused

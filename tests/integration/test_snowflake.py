@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pipelines import deliver, validate
-from tests.eventgen import generate
+from tests.eventgen import consented_ids, prepare_run
 from tests.servers.faultproxy import FaultProxy
 from tests.servers.snowpipe import SnowpipeContractServer
 from transforms.sinks import snowflake as sf
@@ -85,17 +85,8 @@ def make_schema(server, schema):
 
 def run_files(tmp_path, integ, n=300, seed=41, name="run"):
     root = tmp_path / name
-    root.mkdir()
-    lines, truth = generate(n=n, seed=seed, tenants=2, source_id="src_abc123")
-    (root / "i.json").write_bytes(orjson.dumps([integ]))
-    (root / "in.ndjson").write_bytes(b"\n".join(lines) + b"\n")
-    argv = [f"--integrations={root / 'i.json'}", f"--input={root / 'in.ndjson'}", f"--dead_letter={root / 'dead'}",
-            f"--summary={root / 'summary.json'}", RUNNER]
+    truth, argv = prepare_run(root, [integ], n, seed, runner=RUNNER)
     return root, truth, argv
-
-
-def consented(truth) -> set[str]:
-    return {k for k, v in truth["unique"].items() if v["consented"]}
 
 
 def event_ids(server, schema) -> list[str]:
@@ -116,7 +107,7 @@ def test_copy_delivers_unique_consented_events_once_with_variant_columns(snow, k
     make_schema(snow, "S1")
     root, truth, argv = run_files(tmp_path, integration(snow, key, "S1", batch_size=120))
     assert deliver.run(argv) == 0
-    want = consented(truth)
+    want = consented_ids(truth)
     assert event_ids(snow, "S1") == sorted(want)
     got = query(snow, "SELECT event_id, type, timestamp, context:tenant_id::STRING FROM ANALYTICS.S1.EVENTS")
     for event_id, kind, ts, tenant in got:
@@ -149,7 +140,7 @@ def test_parquet_files_load_the_same_rows(snow, key, tmp_path):
     make_schema(snow, "S2")
     root, truth, argv = run_files(tmp_path, integration(snow, key, "S2", file_format="parquet"), n=150, seed=42)
     assert deliver.run(argv) == 0
-    assert event_ids(snow, "S2") == sorted(consented(truth))
+    assert event_ids(snow, "S2") == sorted(consented_ids(truth))
     [(kind,)] = query(snow, "SELECT DISTINCT typeof(properties) FROM ANALYTICS.S2.EVENTS WHERE properties IS NOT NULL")
     assert kind in ("OBJECT", "JSON")  # parsed into VARIANT objects, not strings
 
@@ -161,9 +152,9 @@ def test_load_history_keeps_a_reloaded_file_from_loading_twice(snow, key, tmp_pa
     root, truth, argv = run_files(tmp_path, integration(snow, key, "S3", skip_loaded_events=False), n=120, seed=43)
     assert deliver.run(argv) == 0
     assert deliver.run(argv) == 0
-    assert event_ids(snow, "S3") == sorted(consented(truth))
+    assert event_ids(snow, "S3") == sorted(consented_ids(truth))
     again = summary(root)["integrations"]["snowflake_events"]
-    assert again["rows_inserted"] == 0 and again["rows_already_present"] == len(consented(truth))
+    assert again["rows_inserted"] == 0 and again["rows_already_present"] == len(consented_ids(truth))
 
 
 def test_retry_after_lost_copy_answer_loads_nothing_twice(snow, key, tmp_path):
@@ -192,9 +183,9 @@ def test_retry_after_lost_copy_answer_loads_nothing_twice(snow, key, tmp_path):
     finally:
         proxy.stop()
     assert rule.hits >= 1
-    assert event_ids(snow, "S4") == sorted(consented(truth))
+    assert event_ids(snow, "S4") == sorted(consented_ids(truth))
     s = summary(root)["integrations"]["snowflake_events"]
-    assert s["rows_inserted"] + s["rows_already_present"] == len(consented(truth))
+    assert s["rows_inserted"] + s["rows_already_present"] == len(consented_ids(truth))
 
 
 def test_rows_snowflake_refuses_become_dead_letters_with_its_message(snow, key, tmp_path):
@@ -210,7 +201,7 @@ def test_rows_snowflake_refuses_become_dead_letters_with_its_message(snow, key, 
                                   seed=45)
     query(snow, "CREATE STAGE IF NOT EXISTS ANALYTICS.S5.DATAFLY_STAGE")
     assert deliver.run(argv) == 0
-    want = consented(truth)
+    want = consented_ids(truth)
     with_traits = {k for k in want if truth["unique"][k]["type"] in ("identify", "group")}
     assert with_traits and with_traits != want
     assert event_ids(snow, "S5") == sorted(with_traits)
@@ -244,13 +235,13 @@ def test_snowpipe_insert_files_with_key_pair_jwt_loads_every_file_once(snow, key
     staged = [f["path"] for r in snowpipe.requests for f in r["files"]]
     assert len(staged) == len(set(staged)) and all(p.startswith("beamhouse/") for p in staged)
     assert all(f["size"] > 0 for r in snowpipe.requests for f in r["files"])
-    assert event_ids(snow, "S6") == sorted(consented(truth))
-    assert summary(root)["integrations"]["snowflake_events"]["rows_inserted"] == len(consented(truth))
+    assert event_ids(snow, "S6") == sorted(consented_ids(truth))
+    assert summary(root)["integrations"]["snowflake_events"]["rows_inserted"] == len(consented_ids(truth))
     # A re-run: every event is already in the table, so no file is sent to the pipe again.
     requests = len(snowpipe.requests)
     assert deliver.run(argv) == 0
     assert len(snowpipe.requests) == requests
-    assert event_ids(snow, "S6") == sorted(consented(truth))
+    assert event_ids(snow, "S6") == sorted(consented_ids(truth))
 
 
 def test_snowpipe_refuses_a_wrong_key_and_the_run_fails_clearly(snow, key, snowpipe, tmp_path, capsys):
