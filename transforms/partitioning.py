@@ -189,7 +189,7 @@ def minute_range_labels(width: int) -> list[str]:
 
 
 # File names: a template of literal characters and placeholders, without the extension.
-FILE_TOKENS = ("yyyy", "MM", "dd", "HH", "mm", "ss", "epoch", "id")
+FILE_TOKENS = ("yyyy", "MM", "dd", "HH", "mm", "ss", "epoch", "id", "n")
 _FILE_LITERAL = re.compile(r"^[A-Za-z0-9_.-]*$")
 
 
@@ -229,15 +229,17 @@ def parse_file_template(template: str) -> FileTemplate:
 
 
 def render_file_name(template: FileTemplate, first_event_us: int, batch: str, extension: str,
-                     collision: int = 0) -> str:
-    """The file name for a batch. ``collision`` > 0 appends ``_<n>`` (used only for templates without
+                     collision: int = 0, number: int = 1) -> str:
+    """The file name for a batch. ``{n}`` is ``number``, the file's 1-based position among the files of its
+    partition in one generation. ``collision`` > 0 appends ``_<n>`` (used only for templates without
     ``{id}`` when another batch already holds the name; see ``transforms.commit``)."""
     import datetime as _dt
 
     seconds = first_event_us // 1_000_000
     t = _dt.datetime(1970, 1, 1) + _dt.timedelta(seconds=seconds)
     values = {"yyyy": f"{t.year:04d}", "MM": f"{t.month:02d}", "dd": f"{t.day:02d}", "HH": f"{t.hour:02d}",
-              "mm": f"{t.minute:02d}", "ss": f"{t.second:02d}", "epoch": str(seconds), "id": batch}
+              "mm": f"{t.minute:02d}", "ss": f"{t.second:02d}", "epoch": str(seconds), "id": batch,
+              "n": str(number)}
     stem = _TOKEN.sub(lambda m: values[m.group(1)], template.source)
     if collision:
         stem = f"{stem}_{collision}"

@@ -12,6 +12,7 @@ from transforms.sinks import files as files_sink
 from transforms.sinks import gcs as gcs_sink
 from transforms.sinks import redshift as redshift_sink
 from transforms.sinks import s3 as s3_sink
+from transforms.sinks import sftp as sftp_sink
 from transforms.sinks import snowflake as snowflake_sink
 
 
@@ -29,4 +30,5 @@ REGISTRY = {
     "gcs": Vendor(gcs_sink.GCSConfig, files_sink.WriteEventsToFiles),
     "snowflake": Vendor(snowflake_sink.SnowflakeConfig, snowflake_sink.WriteEventsToSnowflake),
     "redshift": Vendor(redshift_sink.RedshiftConfig, redshift_sink.WriteEventsToRedshift),
+    "sftp": Vendor(sftp_sink.SFTPConfig, files_sink.WriteEventsToFiles),
 }

@@ -262,22 +262,23 @@ class _WritePartitionFn(beam.DoFn):
         if problem is not None:  # fail closed: never unencrypted, never under another key
             yield from sink_dead_letters(self._iid, "encryption_key_unusable", rows, problem, with_payload=False)
             return
-        for start in range(0, rows.num_rows, self._config.batch_size):
+        for number, start in enumerate(range(0, rows.num_rows, self._config.batch_size), 1):
             chunk = rows.slice(start, self._config.batch_size)
             try:
-                record = self._write(storage, partition, tenant, chunk)
+                record = self._write(storage, partition, tenant, chunk, number)
             except commit.KeyUnusable as exc:
                 yield from sink_dead_letters(self._iid, "encryption_key_unusable", chunk, str(exc), with_payload=False)
                 continue
             yield {**record, "route": route_key, **({"tenant": tenant} if tenant is not None else {})}
 
-    def _write(self, storage, partition: str, tenant: str, rows):
+    def _write(self, storage, partition: str, tenant: str, rows, number: int = 1):
         c = self._config
         batch = partitioning.batch_id(self._iid, partition, rows["event_id"].to_pylist())
         first_us = pc.min(rows[c.partition_time]).value
 
         def name_for(collision: int) -> str:
-            return f"{partition}/{partitioning.render_file_name(self._names, first_us, batch, self._ext, collision)}"
+            name = partitioning.render_file_name(self._names, first_us, batch, self._ext, collision, number)
+            return f"{partition}/{name}"
 
         data = formats.encode(c.file_format, to_warehouse(rows), c.compression, **self._options)
         record = commit.publish_batch(storage, name_for, data, rows.num_rows, batch=batch,
