@@ -26,6 +26,8 @@ INSTALL_REQUIRES = [
     # Redshift: AWS's official driver.
     "redshift-connector>=2.1,<3",
     "scramp>=1.4,<1.5",
+    # sFTP: paramiko (host-key verification, standard rename that never overwrites).
+    "paramiko>=3.4,<6",
 ]
 
 EXTRAS = {
@@ -39,6 +41,8 @@ EXTRAS = {
         "gcp-storage-emulator>=2024.8",
         # Snowflake stand-in (DuckDB behind the Snowflake connector's wire protocol).
         "fakesnow[server]>=0.12.1,<0.13",
+        # sFTP server run in-process by the tests.
+        "asyncssh>=2.14,<3",
     ],
     # Destinations that need nothing beyond the core install today; kept as named
     # extras so `pip install beamhouse[duckdb]` keeps working as destinations grow.
@@ -63,6 +67,7 @@ setup(
             "beamhouse-validate=pipelines.validate:main",
             "beamhouse-retention=pipelines.retention:main",
             "beamhouse-ddl=pipelines.ddl:main",
+            "beamhouse-regenerate=pipelines.regenerate:main",
         ]
     },
 )
