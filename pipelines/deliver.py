@@ -11,6 +11,7 @@ Exit status: 0 success, 2 configuration error (every problem listed), 1 failed r
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 import apache_beam as beam
@@ -28,8 +29,12 @@ from transforms.parse import ParseEvents, ParseSettings
 from transforms.read import ReadLineBlocks
 from transforms.routing import PrepareForIntegration
 from transforms.sinks import REGISTRY
+from transforms import streaming
+from transforms.streaming import BatchByInterval, DeduplicateStream, ReadStream
+from apache_beam.transforms import trigger, window
 
 DEFAULT_BATCH_RUNNER = "FnApiRunner"
+DEFAULT_STREAMING_RUNNER = "BundleBasedDirectRunner"  # the DirectRunner's streaming engine, no download
 log = logging.getLogger("beamhouse")
 
 
@@ -56,9 +61,14 @@ def parse_settings(opts: DeliveryOptions, integrations) -> ParseSettings:
 
 
 def build_pipeline(p, inputs, integrations, settings: ParseSettings, dead_letter_path: str,
-                   per_line: bool = False) -> dict:
+                   per_line: bool = False, stream=None) -> dict:
     """Apply the delivery graph to ``p``. Returns the outputs by name (for tests). ``per_line`` reads one
-    element per line (``ReadFromText``), as a streaming source delivers events, instead of blocks."""
+    element per line (``ReadFromText``), as a streaming source delivers events, instead of blocks.
+
+    ``stream`` switches to streaming: ``{"source": PTransform or PCollection of lines, "dedup_window_seconds",
+    "allowed_lateness_seconds", optional "clock"}`` (see ``transforms.streaming``)."""
+    if stream is not None:
+        return _build_streaming(p, integrations, settings, dead_letter_path, stream)
     if per_line:
         reads = [p | f"ReadInput{i}" >> beam.io.ReadFromText(glob, coder=BytesCoder()) for i, glob in enumerate(inputs)]
         lines = reads[0] if len(reads) == 1 else reads | "FlattenInputs" >> beam.Flatten()
@@ -80,6 +90,43 @@ def build_pipeline(p, inputs, integrations, settings: ParseSettings, dead_letter
     outputs["dead_letters"] = all_dead
     outputs["dead_letter_files"] = all_dead | "WriteDeadLetters" >> WriteDeadLetters(dead_letter_path)
     return outputs
+
+
+def _build_streaming(p, integrations, settings, dead_letter_path, stream) -> dict:
+    source = stream["source"]
+    lines = source if isinstance(source, beam.pvalue.PCollection) else p | "ReadStream" >> source
+    parsed = lines | "ParseEvents" >> ParseEvents(settings, blocks=False)
+    deduped = parsed.events | "DeduplicateStream" >> DeduplicateStream(
+        stream["dedup_window_seconds"], stream["allowed_lateness_seconds"], settings.source_id)
+    dead_letters = [parsed.dead_letters, deduped[streaming.DEAD_LETTERS]]
+    outputs = {"unique": deduped["events"], "integrations": {}}
+    for integ in integrations:
+        if not integ.enabled:
+            continue
+        iid, c = integ.integration_id, integ.config
+        batches = deduped["events"] | f"Batch[{iid}]" >> BatchByInterval(c.batch_size, c.batch_interval_seconds,
+                                                                         stream.get("clock"))
+        prepared = batches | f"Prepare[{iid}]" >> PrepareForIntegration(integ)
+        written = prepared | f"Write[{iid}]" >> REGISTRY[integ.vendor].write(integ)
+        dead_letters.append(written["dead_letters"])
+        outputs["integrations"][iid] = written
+    # Every input of the Flatten gets the same windowing (dead letters written as they come).
+    windowed = [pc | f"DeadLetterBatches{i}" >> beam.WindowInto(
+        window.GlobalWindows(), trigger=streaming.per_element_trigger(),
+        accumulation_mode=trigger.AccumulationMode.DISCARDING) for i, pc in enumerate(dead_letters)]
+    all_dead = windowed | "FlattenDeadLetters" >> beam.Flatten()
+    outputs["dead_letters"] = all_dead
+    outputs["dead_letter_files"] = all_dead | "WriteDeadLetters" >> WriteDeadLetters(dead_letter_path)
+    return outputs
+
+
+def streaming_source(opts):
+    """The streaming source the options name, or None for a batch run."""
+    if not (opts.input_subscription or opts.input_watch or opts.kafka_topic):
+        return None
+    return ReadStream(subscription=opts.input_subscription, watch=opts.input_watch,
+                      watch_interval=opts.watch_interval_seconds, kafka_servers=opts.kafka_bootstrap_servers,
+                      kafka_topic=opts.kafka_topic)
 
 
 def _check_inputs(inputs) -> list[str]:
@@ -109,15 +156,29 @@ def run(argv=None) -> int:
     secrets.install_log_redaction()
     options = PipelineOptions(argv)
     opts = options.view_as(DeliveryOptions)
-    if options.view_as(StandardOptions).runner is None:
-        options.view_as(StandardOptions).runner = DEFAULT_BATCH_RUNNER
+    source = streaming_source(opts)
+    standard = options.view_as(StandardOptions)
+    if source is not None:
+        standard.streaming = True
+    if standard.runner is None:
+        standard.runner = DEFAULT_STREAMING_RUNNER if standard.streaming else DEFAULT_BATCH_RUNNER
     if not opts.integrations:
         print("1 configuration error(s):\n  --integrations: the integrations file is required", file=sys.stderr)
         return 2
     integrations, errors = load_integrations(opts.integrations)
     inputs = opts.input or []
-    if not inputs:
-        errors.append("--input: at least one input glob is required")
+    sources = [n for n in ("input_subscription", "input_watch", "kafka_topic") if getattr(opts, n)]
+    if len(sources) > 1 or (sources and inputs):
+        errors.append("give one source: --input (batch), --input_subscription, --input_watch or --kafka_topic")
+    elif not inputs and not sources:
+        errors.append("--input: at least one input glob is required (or a streaming source)")
+    if bool(opts.kafka_topic) != bool(opts.kafka_bootstrap_servers):
+        errors.append("--kafka_topic and --kafka_bootstrap_servers go together")
+    if opts.input_subscription and not re.fullmatch(r"projects/[^/]+/subscriptions/[^/]+", opts.input_subscription):
+        errors.append("--input_subscription: expected projects/PROJECT/subscriptions/NAME")
+    for name in ("dedup_window_seconds", "allowed_lateness_seconds", "watch_interval_seconds"):
+        if getattr(opts, name) <= 0:
+            errors.append(f"--{name}: must be positive")
     errors += _check_inputs(inputs)
     for name in ("max_event_bytes", "max_nesting_depth", "shards"):
         if getattr(opts, name) < 1:
@@ -133,9 +194,17 @@ def run(argv=None) -> int:
     settings = parse_settings(opts, integrations)
     try:
         p = beam.Pipeline(options=options)
-        build_pipeline(p, inputs, enabled, settings, opts.dead_letter, per_line=opts.per_line_input)
+        stream = None if source is None else {"source": source, "dedup_window_seconds": opts.dedup_window_seconds,
+                                              "allowed_lateness_seconds": opts.allowed_lateness_seconds}
+        build_pipeline(p, inputs, enabled, settings, opts.dead_letter, per_line=opts.per_line_input, stream=stream)
         result = p.run()
-        result.wait_until_finish()
+        try:
+            result.wait_until_finish()
+        except KeyboardInterrupt:  # streaming runs until stopped; report what was done so far
+            result.cancel()
+            summary = accounting.summarise(accounting.counters(result), enabled)
+            print(accounting.format_summary(summary))
+            return 0
     except Exception as exc:  # noqa: BLE001 - report and exit 1; the traceback goes to the debug log
         log.debug("run failed", exc_info=True)
         print(f"run failed: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -36,6 +36,21 @@ class DeliveryOptions(PipelineOptions):
         parser.add_argument("--skip_preflight", action="store_true", default=False,
                             help="Skip the start-up checks of destinations (buckets exist, secrets resolve); "
                                  "use when the launcher cannot reach them but the workers can.")
+        # Streaming sources (any one of them runs the job in streaming mode).
+        parser.add_argument("--input_subscription", default=None,
+                            help="Pub/Sub subscription projects/P/subscriptions/S to read events from (streaming).")
+        parser.add_argument("--input_watch", default=None,
+                            help="Glob watched for new files on any Beam filesystem (streaming).")
+        parser.add_argument("--watch_interval_seconds", type=float, default=10.0,
+                            help="How often --input_watch looks for new files.")
+        parser.add_argument("--kafka_bootstrap_servers", default=None,
+                            help="Kafka bootstrap servers (with --kafka_topic; Beam's Java ReadFromKafka).")
+        parser.add_argument("--kafka_topic", default=None, help="Kafka topic to read events from (streaming).")
+        parser.add_argument("--dedup_window_seconds", type=float, default=86_400,
+                            help="Streaming: an event_id seen again within this window is a duplicate.")
+        parser.add_argument("--allowed_lateness_seconds", type=float, default=7 * 86_400,
+                            help="Streaming: events timed more than this before their arrival are dead letters "
+                                 "too_late; later ones go to their old partition as new files.")
         parser.add_argument("--per_line_input", action="store_true", default=False,
                             help="Read inputs one element per line (ReadFromText) instead of in blocks: how a "
                                  "streaming source delivers events; slower, kept for comparison.")

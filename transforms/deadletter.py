@@ -41,6 +41,8 @@ REASONS = {
     "encryption_key_unusable": "the tenant's encryption key was refused or is not enabled; nothing was "
                                "written (the payload is withheld from the dead letter too)",
     "sink_rejected": "the destination refused the event (the error says why)",
+    "too_late": "streaming: received more than --allowed_lateness_seconds after its event time",
+    "archive_unreadable": "regeneration: an archive line is not a row the files destination wrote",
 }
 
 
@@ -106,6 +108,7 @@ class WriteDeadLetters(beam.PTransform):
         self._path = path
 
     def expand(self, records):
+        # Batch: one list (empty when there are none). Streaming (a non-default trigger): one per pane.
         return (records
-                | "CollectDeadLetters" >> beam.combiners.ToList()
+                | "CollectDeadLetters" >> beam.combiners.ToList().with_defaults(records.windowing.is_default())
                 | "WriteDeadLetterFiles" >> beam.ParDo(_WriteDeadLetterFilesFn(self._path)))

@@ -119,7 +119,8 @@ class WriteEventsToDuckDB(beam.PTransform):
         integ = self._integration
         loads = (tables
                  | "ToWarehouseRows" >> beam.Map(to_warehouse)
-                 | "CollectBatches" >> beam.combiners.ToList()
+                 # Streaming (a non-default trigger): one load per fired pane.
+                 | "CollectBatches" >> beam.combiners.ToList().with_defaults(tables.windowing.is_default())
                  | "LoadIntoDuckDB" >> beam.ParDo(_LoadIntoDuckDBFn(integ.integration_id, integ.config)))
         empty = tables.pipeline | "NoDeadLetters" >> beam.Create([])
         return {"files": loads, "reports": loads, "dead_letters": empty}

@@ -256,8 +256,11 @@ class _WritePartitionFn(beam.DoFn):
 
     def process(self, element):
         (route_key, partition, tenant), slices = element
+        slices = list(slices)
+        if not slices:  # an empty streaming pane
+            return
         time_col = self._config.partition_time
-        rows = pa.concat_tables(list(slices)).sort_by([(time_col, "ascending"), ("event_id", "ascending")])
+        rows = pa.concat_tables(slices).sort_by([(time_col, "ascending"), ("event_id", "ascending")])
         storage, problem = self._storage(route_key)
         if problem is not None:  # fail closed: never unencrypted, never under another key
             yield from sink_dead_letters(self._iid, "encryption_key_unusable", rows, problem, with_payload=False)

@@ -177,7 +177,10 @@ class _LoadDayFn(beam.DoFn):
 
     def process(self, element):
         day, slices = element
-        rows = pa.concat_tables(list(slices))
+        slices = list(slices)
+        if not slices:  # an empty streaming pane
+            return
+        rows = pa.concat_tables(slices)
         if self._loader is None:
             self._loader = self._open_loader(self._iid, self._config)
         rows, already = self._loader.prepare(rows)

@@ -1,0 +1,110 @@
+"""Streaming delivery on the BundleBasedDirectRunner with TestStream: both batch limits (size and interval),
+the idle flush, de-duplication, late events into their old partition, too-late events as dead letters."""
+from __future__ import annotations
+
+import gzip
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import apache_beam as beam
+import orjson
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.test_stream import TestStream
+from apache_beam.transforms.window import TimestampedValue
+
+from pipelines import deliver
+from transforms.integrations import validate_integrations
+from transforms.parse import ParseSettings
+
+pytestmark = pytest.mark.timeout(300)
+T0 = datetime(2026, 3, 2, 10, 0, 0, tzinfo=timezone.utc)  # arrival of the first events
+
+
+def event(i: int, at: datetime, received: datetime | None = None, consent: bool = True) -> bytes:
+    return orjson.dumps({"type": "track", "event": "Order Completed", "anonymousId": f"anon-{i}",
+                         "messageId": f"m-{i}", "timestamp": at.isoformat().replace("+00:00", "Z"),
+                         "receivedAt": (received or at).isoformat().replace("+00:00", "Z"),
+                         "context": {"tenant_id": "t1", "consent": {"analytics": consent}},
+                         "properties": {"total": i}})
+
+
+def arrive(lines, at: datetime):
+    return [TimestampedValue(line, at.timestamp()) for line in lines]
+
+
+def files_in(root: Path) -> dict[str, list[str]]:
+    out = {}
+    for path in sorted(root.rglob("*.json.gz")):
+        rel = path.relative_to(root).as_posix()
+        out[rel] = [orjson.loads(x)["event_id"] for x in gzip.decompress(path.read_bytes()).splitlines()]
+    return out
+
+
+def run_stream(tmp_path, stream: TestStream, batch_size=5, interval=10.0):
+    integrations, errors = validate_integrations([{
+        "source_id": "src", "vendor": "files", "name": "Lake", "config": {
+            "path": str(tmp_path / "lake"), "file_format": "json", "batch_size": batch_size,
+            "batch_interval_seconds": interval, "consent": {"require": ["analytics"]},
+            "partition_by": "date={date}/hour={HH}"}}])
+    assert not errors
+    settings = ParseSettings(source_id="src", consent_purposes=("analytics",))
+    options = PipelineOptions(["--runner=BundleBasedDirectRunner", "--streaming"])
+    with beam.Pipeline(options=options) as p:
+        lines = p | stream
+        out = deliver.build_pipeline(p, [], integrations, settings, str(tmp_path / "dead"), stream={
+            "source": lines, "dedup_window_seconds": 3600, "allowed_lateness_seconds": 86_400,
+            "clock": lambda: 0})  # TestStream's processing time starts at 0
+    return out
+
+
+def test_batches_obey_size_and_interval_and_flush_when_idle(tmp_path):
+    first = [event(i, T0 + timedelta(seconds=i)) for i in range(10)]
+    idle = [event(100 + i, T0 + timedelta(minutes=1, seconds=i)) for i in range(2)]
+    later = [event(200 + i, T0 + timedelta(minutes=2, seconds=i)) for i in range(3)]
+    stream = (TestStream()
+              .advance_watermark_to(T0.timestamp())
+              .add_elements(arrive(first, T0))                       # 10 events at once: two full batches
+              .advance_processing_time(1)
+              .add_elements(arrive(idle, T0 + timedelta(minutes=1)))  # 2 events, then nothing...
+              .advance_processing_time(30)                            # ...the interval (10 s) flushes them
+              .add_elements(arrive(later + [first[0]], T0 + timedelta(minutes=2)))  # + a duplicate
+              .advance_processing_time(30)
+              .advance_watermark_to_infinity())
+    run_stream(tmp_path, stream)
+    files = files_in(tmp_path / "lake")
+    batches = list(files.values())
+    assert all(len(b) <= 5 for b in batches)                           # never more than batch_size per file
+    ids = sorted(i for b in batches for i in b)
+    assert ids == sorted([f"m-{i}" for i in range(10)] + ["m-100", "m-101"] + [f"m-{200 + i}" for i in range(3)])
+    got = sorted(sorted(b) for b in batches)
+    # Size: the first ten made two batches of five at once. Interval: the idle pair was flushed on its own
+    # (not held until the next events came), and so were the last three when the stream went quiet.
+    assert sorted(len(b) for b in got) == [2, 3, 5, 5]
+    assert ["m-100", "m-101"] in got and ["m-200", "m-201", "m-202"] in got
+    # Each batch firing wrote a delivery report naming its files.
+    reports = [orjson.loads(p.read_bytes()) for p in (tmp_path / "lake" / "_reports").glob("*.report")]
+    assert sorted(f["path"] for r in reports for f in r["files"]) == sorted(files)
+    assert len(reports) >= 3
+
+
+def test_late_events_land_in_their_old_partition_and_too_late_ones_are_dead_letters(tmp_path):
+    on_time = [event(i, T0 + timedelta(seconds=i)) for i in range(3)]
+    arrived = T0 + timedelta(minutes=5)
+    late = [event(300, T0 - timedelta(hours=5), arrived)]      # received 5 h after it happened: within a day
+    too_late = [event(400, T0 - timedelta(days=3), arrived)]   # beyond the allowed lateness
+    stream = (TestStream()
+              .advance_watermark_to(T0.timestamp())
+              .add_elements(arrive(on_time, T0))
+              .advance_processing_time(30)
+              .add_elements(arrive(late + too_late, T0 + timedelta(minutes=5)))
+              .advance_processing_time(30)
+              .advance_watermark_to_infinity())
+    run_stream(tmp_path, stream)
+    files = files_in(tmp_path / "lake")
+    by_partition = {}
+    for rel, ids in files.items():
+        by_partition.setdefault(rel.rsplit("/", 1)[0], []).extend(ids)
+    assert by_partition == {"date=2026-03-02/hour=10": ["m-0", "m-1", "m-2"], "date=2026-03-02/hour=05": ["m-300"]}
+    dead = [orjson.loads(x) for p in (tmp_path / "dead").rglob("*.ndjson") for x in p.read_bytes().splitlines()]
+    assert [(d["reason"], d["event_id"]) for d in dead] == [("too_late", "m-400")]
