@@ -176,6 +176,10 @@ def run(argv=None) -> int:
         errors.append("--kafka_topic and --kafka_bootstrap_servers go together")
     if opts.input_subscription and not re.fullmatch(r"projects/[^/]+/subscriptions/[^/]+", opts.input_subscription):
         errors.append("--input_subscription: expected projects/PROJECT/subscriptions/NAME")
+    if opts.input_watch and str(standard.runner).endswith(("DirectRunner", "BundleBasedDirectRunner")):
+        errors.append("--input_watch needs a runner with splittable DoFns (Dataflow, Flink, Prism); the local "
+                      "DirectRunner's streaming engine has none: use --input_subscription with the Pub/Sub "
+                      "emulator locally")
     for name in ("dedup_window_seconds", "allowed_lateness_seconds", "watch_interval_seconds"):
         if getattr(opts, name) <= 0:
             errors.append(f"--{name}: must be positive")
@@ -203,6 +207,8 @@ def run(argv=None) -> int:
         except KeyboardInterrupt:  # streaming runs until stopped; report what was done so far
             result.cancel()
             summary = accounting.summarise(accounting.counters(result), enabled)
+            print("streaming job stopped: figures so far (events still buffered are not counted, so the "
+                  "totals need not balance)")
             print(accounting.format_summary(summary))
             return 0
     except Exception as exc:  # noqa: BLE001 - report and exit 1; the traceback goes to the debug log

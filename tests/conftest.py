@@ -45,3 +45,10 @@ def postgres_server():
     server = processes.start_postgres()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def pubsub_server():
+    server = processes.start_pubsub()
+    yield server
+    server.stop()

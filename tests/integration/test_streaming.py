@@ -108,3 +108,14 @@ def test_late_events_land_in_their_old_partition_and_too_late_ones_are_dead_lett
     assert by_partition == {"date=2026-03-02/hour=10": ["m-0", "m-1", "m-2"], "date=2026-03-02/hour=05": ["m-300"]}
     dead = [orjson.loads(x) for p in (tmp_path / "dead").rglob("*.ndjson") for x in p.read_bytes().splitlines()]
     assert [(d["reason"], d["event_id"]) for d in dead] == [("too_late", "m-400")]
+
+
+
+def test_watched_prefix_is_refused_on_the_local_streaming_engine(tmp_path, capsys):
+    """--input_watch is built on fileio.MatchContinuously (a splittable DoFn): Dataflow, Flink and Prism run
+    it; the DirectRunner's streaming engine cannot, so the job says so at start instead of failing in Beam."""
+    (tmp_path / "i.json").write_bytes(orjson.dumps([{"source_id": "src", "vendor": "files", "name": "Lake",
+                                                     "config": {"path": str(tmp_path / "lake")}}]))
+    code = deliver.run([f"--integrations={tmp_path / 'i.json'}", f"--input_watch={tmp_path / 'in' / '*.ndjson'}"])
+    assert code == 2
+    assert "--input_watch needs a runner with splittable DoFns" in capsys.readouterr().err

@@ -171,3 +171,11 @@ def start_postgres(database: str = "analytics") -> Postgres:
     subprocess.run([*as_user, _pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", database],
                    **quiet)
     return server
+
+
+def start_pubsub(project: str = "test-proj") -> Server:
+    """gcloud's Pub/Sub emulator (Java; about 10 s). Its java child is in the same process group, which
+    ``Server.stop`` ends as a whole. Clients find it through ``PUBSUB_EMULATOR_HOST``."""
+    port = free_port()
+    return start("pubsub-emulator", ["gcloud", "beta", "emulators", "pubsub", "start", f"--host-port=127.0.0.1:{port}",
+                                     f"--project={project}", "--quiet"], f"http://127.0.0.1:{port}", timeout=90)
