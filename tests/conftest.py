@@ -52,3 +52,10 @@ def pubsub_server():
     server = processes.start_pubsub()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def job_service():
+    server = processes.start_job_service()
+    yield server
+    server.stop()

@@ -179,3 +179,28 @@ def start_pubsub(project: str = "test-proj") -> Server:
     port = free_port()
     return start("pubsub-emulator", ["gcloud", "beta", "emulators", "pubsub", "start", f"--host-port=127.0.0.1:{port}",
                                      f"--project={project}", "--quiet"], f"http://127.0.0.1:{port}", timeout=90)
+
+
+def start_job_service() -> Server:
+    """Beam's local job service (the portable path Flink uses), on a free port. Jobs submitted to it run on
+    the portable FnApiRunner; with ``--environment_type=LOOPBACK`` the SDK workers run in the submitting
+    process."""
+    import socket as _socket
+
+    port = free_port()
+    log = tempfile.TemporaryFile()
+    process = subprocess.Popen([sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main",
+                                "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = Server("job-service", f"localhost:{port}", process)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            log.seek(0)
+            raise RuntimeError(f"job service exited: {log.read().decode(errors='replace')[-2000:]}")
+        try:
+            _socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return server
+        except OSError:
+            time.sleep(0.2)
+    server.stop()
+    raise RuntimeError("job service did not start")

@@ -1,0 +1,22 @@
+# One image for three jobs: Dataflow workers (--sdk_container_image), the Dataflow Flex Template launcher,
+# and the SDK harness of a Flink cluster (--environment_type=DOCKER --environment_config=<this image>).
+# The Beam SDK image's version and Python must match setup.py's apache-beam pin (checked by
+# tests/unit/test_packaging.py); the install step is the same `pip install` CI runs (without the test extra).
+FROM apache/beam_python3.11_sdk:2.77.0
+
+# The Flex Template launcher, so this image can also launch the job (Dataflow's documented pattern for
+# templates that run on a custom SDK container).
+COPY --from=gcr.io/dataflow-templates-base/python311-template-launcher-base:latest \
+     /opt/google/dataflow/python_template_launcher /opt/google/dataflow/python_template_launcher
+
+WORKDIR /opt/beamhouse
+COPY setup.py README.md ./
+COPY pipelines pipelines
+COPY transforms transforms
+RUN pip install --no-cache-dir .
+
+ENV FLEX_TEMPLATE_PYTHON_PY_FILE=/opt/beamhouse/pipelines/deliver.py
+ENV PYTHONUNBUFFERED=1
+
+# Workers and harnesses start through Beam's boot script (the SDK image's own entry point).
+ENTRYPOINT ["/opt/apache/beam/boot"]

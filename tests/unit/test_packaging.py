@@ -1,0 +1,41 @@
+"""The Dockerfile and the Flex Template metadata stay in step with the code (no Docker engine here, so the
+image itself is not built in CI; what it installs is what CI installs)."""
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import orjson
+
+from pipelines.options import DeliveryOptions
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_dockerfile_matches_the_beam_pin_and_installs_the_project():
+    docker = (ROOT / "Dockerfile").read_text()
+    setup = (ROOT / "setup.py").read_text()
+    beam = re.search(r'"apache-beam\[gcp,aws\]==([\d.]+)"', setup).group(1)
+    base = re.search(r"^FROM apache/beam_python(\d)\.(\d+)_sdk:([\d.]+)$", docker, re.M)
+    assert base, "the image must start from Beam's Python SDK image"
+    assert base.group(3) == beam
+    assert (int(base.group(1)), int(base.group(2))) >= (3, 10)  # setup.py: python_requires >= 3.10
+    assert "RUN pip install --no-cache-dir .\n" in docker  # the project with its pinned dependencies, one install
+    for path in ("pipelines", "transforms", "setup.py"):
+        assert re.search(rf"^COPY .*\b{re.escape(path)}\b", docker, re.M)
+    assert 'ENTRYPOINT ["/opt/apache/beam/boot"]' in docker
+    entry = re.search(r"FLEX_TEMPLATE_PYTHON_PY_FILE=/opt/beamhouse/(\S+)", docker).group(1)
+    assert (ROOT / entry).exists()
+
+
+def test_flex_template_parameters_are_options_of_the_job():
+    metadata = orjson.loads((ROOT / "metadata.json").read_bytes())
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    DeliveryOptions._add_argparse_args(parser)
+    known = {a.dest for a in parser._actions}
+    for parameter in metadata["parameters"]:
+        assert parameter["name"] in known, parameter["name"]
+    assert sys.version_info >= (3, 10)
