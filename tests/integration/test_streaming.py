@@ -119,3 +119,48 @@ def test_watched_prefix_is_refused_on_the_local_streaming_engine(tmp_path, capsy
     code = deliver.run([f"--integrations={tmp_path / 'i.json'}", f"--input_watch={tmp_path / 'in' / '*.ndjson'}"])
     assert code == 2
     assert "--input_watch needs a runner with splittable DoFns" in capsys.readouterr().err
+
+
+def test_scheduled_sftp_export_sends_what_arrived_per_period_late_events_in_their_old_partition(tmp_path):
+    """Seed 002's schedule: every 15 minutes everything that arrived since the previous export, split by
+    event-time partition; a late event becomes a new file of its old partition, in the next generation."""
+    import os
+    import re
+
+    from tests.servers.sftp_server import SFTPTestServer
+
+    root = tmp_path / "sftp"
+    (root / "out").mkdir(parents=True)
+    server = SFTPTestServer(str(root), "export", password="pw-schedule").start()
+    try:
+        integrations, errors = validate_integrations([{"source_id": "src", "vendor": "sftp", "name": "Flow", "config": {
+            "host": "127.0.0.1", "port": server.port, "username": "export", "password": "pw-schedule",
+            "host_key": server.host_key_line, "path": "out", "export_name": "myExport", "partition": "hour",
+            "file_format": "csv", "schedule_minutes": 15}}])
+        assert not errors and integrations[0].config.batch_interval_seconds == 900
+        first = [event(i, T0 + timedelta(minutes=i)) for i in range(6)]            # 10:00-10:05
+        later = [event(50 + i, T0 + timedelta(minutes=20 + i)) for i in range(3)]  # 10:20-10:22
+        late = [event(99, T0 - timedelta(minutes=30), T0 + timedelta(minutes=21))]  # belongs to 09:xx
+        stream = (TestStream()
+                  .advance_watermark_to(T0.timestamp())
+                  .add_elements(arrive(first, T0))
+                  .advance_processing_time(16 * 60)                          # first export
+                  .add_elements(arrive(later + late, T0 + timedelta(minutes=21)))
+                  .advance_processing_time(16 * 60)                          # second export
+                  .advance_watermark_to_infinity())
+        settings = ParseSettings(source_id="src", consent_purposes=())
+        with beam.Pipeline(options=PipelineOptions(["--runner=BundleBasedDirectRunner", "--streaming"])) as p:
+            deliver.build_pipeline(p, [], integrations, settings, str(tmp_path / "dead"), stream={
+                "source": p | stream, "dedup_window_seconds": 3600, "allowed_lateness_seconds": 86_400,
+                "clock": lambda: 0})
+        names = sorted(os.listdir(root / "out"))
+        data = [n for n in names if n.endswith(".csv.gz")]
+        reports = [orjson.loads((root / "out" / n).read_bytes()) for n in names if n.endswith("_delivery.report")]
+        assert len(reports) == 2  # one generation per scheduled export
+        hours = sorted(re.match(r"myExport_2026-03-02_(\d\d)_data_", n).group(1) for n in data)
+        assert hours == ["09", "10", "10"]  # the late event: a new file in its old hour
+        per_report = sorted(sorted(re.match(r"^(\d{4}-\d\d-\d\d_\d\d)/", f["path"]).group(1) for f in r["files"])
+                            for r in reports)
+        assert per_report == [["2026-03-02_09", "2026-03-02_10"], ["2026-03-02_10"]]
+    finally:
+        server.stop()

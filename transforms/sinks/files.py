@@ -64,6 +64,21 @@ class FileOutputConfig(BaseDestinationConfig):
     file_name: str | None = None
     csv_separator: str = Field(",", min_length=1, max_length=1)
     quota: Quota | None = None
+    schedule_minutes: Literal[15, 30, 60] | None = Field(
+        None, description="scheduled export (seed 002): in streaming, deliver every N minutes all that arrived")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _schedule(cls, data):
+        # A schedule is the batch interval; batches are then cut by time only (the size limit at its maximum).
+        if isinstance(data, dict) and data.get("schedule_minutes") is not None:
+            if "batch_interval_seconds" in data:
+                raise ValueError("give schedule_minutes or batch_interval_seconds, not both")
+            data = dict(data)
+            if isinstance(data["schedule_minutes"], int):
+                data["batch_interval_seconds"] = data["schedule_minutes"] * 60
+            data.setdefault("batch_size", 1_000_000)
+        return data
 
     @field_validator("partition_by")
     @classmethod
