@@ -80,3 +80,16 @@ def test_report_lists_files_and_is_written_once(tmp_path):
     again = commit.write_report(storage, "i", "files", files, created_at="later")
     assert again["status"] == "already_present"
     assert commit.write_report(storage, "i", "files", [], created_at="x") is None
+
+
+@pytest.mark.parametrize("value", ["=1+1", "+SUM(A1)", "-2+3", "@cmd", "\tx", "\rx", 'a;b "quoted"\r\nnext line'])
+def test_csv_cells_are_spreadsheet_safe_and_round_trip(value):
+    row = dict(ROW, event=value, anonymous_id="plain")
+    text = formats.encode("csv", pa.Table.from_pylist([row], schema=SCHEMA), "none", separator=";").decode()
+    [header, cells] = list(csv.reader(io.StringIO(text, newline=""), delimiter=";"))
+    got = cells[header.index("event")]
+    if value[0] in "=+-@\t\r":
+        assert got == "'" + value  # never evaluated as a formula by a spreadsheet
+    else:
+        assert got == value        # separators, quotes and line breaks quoted per RFC 4180
+    assert cells[header.index("anonymous_id")] == "plain"
