@@ -281,3 +281,26 @@ def test_external_s3_stage_gets_the_batch_files_create_only(snow, key, moto_serv
     assert keys == [f"events/beamhouse/{files[0].name}"]
     body = s3.get_object(Bucket="snowflake-ext-stage", Key=keys[0])["Body"].read()
     assert body == files[0].data
+
+
+def test_external_gcs_stage_gets_the_batch_files_create_only(snow, key, gcs_server):
+    """The GCS variant of the external stage, against the GCS emulator (create-only via ifGenerationMatch=0)."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    from tests.unit.test_warehouse_sql import _rows
+    from transforms.sinks import staged
+
+    client = storage.Client(project="test-proj", credentials=AnonymousCredentials(),
+                            client_options={"api_endpoint": gcs_server.url})
+    client.create_bucket("snowflake-gcs-stage")
+    make_schema(snow, "S8")
+    config = sf.SnowflakeConfig.model_validate(integration(
+        snow, key, "S8", stage_url="gs://snowflake-gcs-stage/events/", stage_endpoint_url=gcs_server.url)["config"])
+    files = [staged.make_file("sf", "2026-01-28", _rows(3), "parquet")]
+    with sf.SnowflakeLoader("sf", config) as loader:
+        loader.stage(files)
+        loader.stage(files)  # again: the existing object is this batch; nothing is replaced
+    blobs = list(client.list_blobs("snowflake-gcs-stage"))
+    assert [b.name for b in blobs] == [f"events/beamhouse/{files[0].name}"]
+    assert blobs[0].download_as_bytes() == files[0].data

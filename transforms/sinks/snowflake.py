@@ -10,8 +10,9 @@ Seed 000's body as it is::
 plus ``private_key_passphrase``, ``role``, ``file_format`` (``json``: gzip NDJSON, the default, as in the
 seed; or ``parquet``), ``stage_prefix`` (default ``beamhouse/``), ``create_table`` (create the seed's
 table, and the internal stage, if missing), ``skip_loaded_events`` (default true), ``endpoint_url`` and
-``snowpipe_endpoint_url`` (private link, emulators), ``snowpipe_wait_seconds``, and for an external S3
-stage ``stage_url`` (the stage's ``s3://bucket/prefix/``) with ``stage_region`` and optional keys.
+``snowpipe_endpoint_url`` (private link, emulators), ``snowpipe_wait_seconds``, and for an external stage
+``stage_url`` (the stage's ``s3://bucket/prefix/`` with ``stage_region`` and optional keys, or
+``gs://bucket/prefix/`` with an optional ``stage_service_account_json``).
 Authentication is key-pair only (``SNOWFLAKE_JWT``); the key may be given inline or by reference.
 
 How a day of events is delivered (see ``transforms.sinks.staged``):
@@ -19,7 +20,7 @@ How a day of events is delivered (see ``transforms.sinks.staged``):
 1. unless ``skip_loaded_events`` is off, the ``event_id``s the table already holds for that day are
    looked up and those rows left out, so a re-run with different batching never doubles a row;
 2. each batch becomes a file with a deterministic name, uploaded to the stage: an internal stage by
-   ``PUT ... OVERWRITE=FALSE``, an external S3 stage with a create-only ``PutObject``;
+   ``PUT ... OVERWRITE=FALSE``, an external S3 or GCS stage with a create-only upload;
 3. with ``pipe``: Snowpipe's REST ``insertFiles`` (the official ``snowflake-ingest`` client, key-pair JWT),
    then ``insertReport`` is polled until every file is reported; without: ``COPY INTO`` naming the
    files (``FILES = (...)``, ``ON_ERROR = ABORT_STATEMENT``), its per-file result checked;
@@ -75,16 +76,17 @@ class SnowflakeConfig(BaseDestinationConfig):
     endpoint_url: str | None = Field(None, pattern=r"^https?://[^\s/]+(:\d+)?/?$")
     snowpipe_endpoint_url: str | None = Field(None, pattern=r"^https?://[^\s/]+(:\d+)?/?$")
     snowpipe_wait_seconds: float = Field(600, gt=0, le=3600)
-    stage_url: str | None = Field(None, pattern=r"^s3://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/[^\s]*)?$")
+    stage_url: str | None = Field(None, pattern=r"^(s3|gs)://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/[^\s]*)?$")
     stage_region: str | None = Field(None, pattern=r"^[a-z0-9-]{2,40}$")
     stage_endpoint_url: str | None = Field(None, pattern=r"^https?://[^\s]+$")
     stage_access_key_id: SecretField | None = None
     stage_secret_access_key: SecretField | None = None
+    stage_service_account_json: SecretField | None = None
     max_attempts: int = Field(5, ge=1, le=20)
 
     @model_validator(mode="after")
     def _consistent(self):
-        if self.stage_url is not None and self.stage_region is None:
+        if self.stage_url is not None and self.stage_url.startswith("s3://") and self.stage_region is None:
             raise ValueError("stage_url (an external S3 stage) needs stage_region")
         if (self.stage_access_key_id is None) != (self.stage_secret_access_key is None):
             raise ValueError("give both stage_access_key_id and stage_secret_access_key, or neither")
@@ -92,7 +94,8 @@ class SnowflakeConfig(BaseDestinationConfig):
 
     def preflight(self) -> list[str]:
         """Secrets resolve and the key parses; the table (and stage) exist or are created."""
-        for name in ("private_key", "private_key_passphrase", "stage_access_key_id", "stage_secret_access_key"):
+        for name in ("private_key", "private_key_passphrase", "stage_access_key_id", "stage_secret_access_key",
+                     "stage_service_account_json"):
             secret = getattr(self, name)
             if secret is not None and (problem := secret.check()):
                 return [f"{name}: {problem}"]
@@ -351,13 +354,21 @@ class SnowflakeLoader:
 
     def _stage_external(self, files: list[BatchFile]) -> None:
         from transforms import commit
-        from transforms.sinks.s3 import S3Storage
 
         c = self._c
-        bucket, _, prefix = c.stage_url[5:].partition("/")
-        storage = S3Storage(bucket, prefix, region=c.stage_region, endpoint_url=c.stage_endpoint_url,
-                            access_key_id=c.stage_access_key_id, secret_access_key=c.stage_secret_access_key,
-                            max_attempts=c.max_attempts)
+        scheme, _, rest = c.stage_url.partition("://")
+        bucket, _, prefix = rest.partition("/")
+        if scheme == "s3":
+            from transforms.sinks.s3 import S3Storage
+
+            storage = S3Storage(bucket, prefix, region=c.stage_region, endpoint_url=c.stage_endpoint_url,
+                                access_key_id=c.stage_access_key_id, secret_access_key=c.stage_secret_access_key,
+                                max_attempts=c.max_attempts)
+        else:
+            from transforms.sinks.gcs import GCSStorage
+
+            storage = GCSStorage(bucket, prefix, endpoint_url=c.stage_endpoint_url,
+                                 service_account_json=c.stage_service_account_json, max_attempts=c.max_attempts)
         for f in files:
             # Create-only: an existing object of that name holds the same batch (content-derived name).
             commit.publish_bytes(storage, c.stage_prefix + f.name, f.data, records=f.rows.num_rows)
