@@ -19,7 +19,6 @@ import logging
 import sys
 
 import apache_beam as beam
-import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -30,7 +29,7 @@ from transforms.archive import read_lines, reported_files, rows_to_batch
 from transforms.deadletter import WriteDeadLetters, count, make_record
 from transforms.dedup import DeduplicateEvents
 from transforms.integrations import load_integrations
-from transforms.parse import shard_of
+from transforms.parse import split_by_shard
 from transforms.routing import PrepareForIntegration
 from transforms.sinks import REGISTRY
 from transforms.timestamps import parse_timestamp_us
@@ -99,9 +98,7 @@ class _ReadArchiveFileFn(beam.DoFn):
             table = rows_to_batch(good, *self._args)
         ts = table[self._time].cast(pa.int64())
         table = table.filter(pc.and_(pc.greater_equal(ts, self._start), pc.less(ts, self._end)))
-        shards = np.fromiter((shard_of(i, SHARDS) for i in table["event_id"].to_pylist()), np.int64, table.num_rows)
-        for shard in np.unique(shards).tolist():
-            yield shard, table.take(np.flatnonzero(shards == shard))
+        yield from split_by_shard(table, SHARDS)
 
 
 def run(argv=None) -> int:

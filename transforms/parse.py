@@ -75,6 +75,14 @@ def shard_of(event_id: str, shards: int) -> int:
     return zlib.crc32(event_id.encode("utf-8", "surrogatepass")) % shards
 
 
+def split_by_shard(table: pa.Table, shards: int):
+    """``(shard, rows)`` for each dedup shard present in ``table`` (rows of one event id share a shard)."""
+    keys = np.fromiter((shard_of(i, shards) for i in table["event_id"].to_pylist()), dtype=np.int64,
+                       count=table.num_rows)
+    for shard in np.unique(keys).tolist():
+        yield shard, table.take(np.flatnonzero(keys == shard))
+
+
 class _ParseBatchFn(beam.DoFn):
     def __init__(self, settings: ParseSettings):
         self._s = settings
@@ -153,10 +161,7 @@ class _ParseBatchFn(beam.DoFn):
         if not tables:
             return
         table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
-        shards = np.fromiter((shard_of(i, s.shards) for i in table["event_id"].to_pylist()),
-                             dtype=np.int64, count=table.num_rows)
-        for shard in np.unique(shards).tolist():
-            yield shard, table.take(np.flatnonzero(shards == shard))
+        yield from split_by_shard(table, s.shards)
 
     def _table(self, columns) -> pa.Table:
         arrays = [c.cast(f.type) if isinstance(c, pa.Array) else pa.array(c, type=f.type)

@@ -95,7 +95,7 @@ def integration(env, schema: str, **config) -> dict:
     return body
 
 
-def run(tmp_path, env, integ, n=400, seed=31, name="run"):
+def run(tmp_path, integ, n=400, seed=31, name="run"):
     root = tmp_path / name
     truth, argv = prepare_run(root, [integ], n, seed, runner=RUNNER)
     return root, truth, argv
@@ -119,7 +119,7 @@ def test_seed_body_validates_as_is(tmp_path):
 def test_delivers_unique_consented_events_once_and_deletes_staging(env, tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
     psql(env["pg"], "CREATE SCHEMA s1")
-    root, truth, argv = run(tmp_path, env, integration(env, "s1", create_table=True))
+    root, truth, argv = run(tmp_path, integration(env, "s1", create_table=True))
     assert deliver.run(argv) == 0
     got = rows(env, "s1")
     want = consented_ids(truth)
@@ -159,7 +159,7 @@ def test_delivers_unique_consented_events_once_and_deletes_staging(env, tmp_path
 
 def test_copy_failing_mid_way_leaves_no_partial_load_and_keeps_staged_files(env, tmp_path, capsys):
     psql(env["pg"], "CREATE SCHEMA s2")
-    root, truth, argv = run(tmp_path, env, integration(env, "s2", create_table=True), n=120, seed=32)
+    root, truth, argv = run(tmp_path, integration(env, "s2", create_table=True), n=120, seed=32)
     env["shim"].fail_copy_after_rows = 5
     assert deliver.run(argv) == 1
     assert env["shim"].fail_copy_after_rows is None  # the fault fired
@@ -176,7 +176,7 @@ def test_copy_failing_mid_way_leaves_no_partial_load_and_keeps_staged_files(env,
 
 def test_retry_after_lost_commit_acknowledgement_loads_nothing_twice(env, tmp_path):
     psql(env["pg"], "CREATE SCHEMA s3")
-    root, truth, argv = run(tmp_path, env, integration(env, "s3", create_table=True), n=150, seed=33)
+    root, truth, argv = run(tmp_path, integration(env, "s3", create_table=True), n=150, seed=33)
     env["shim"].drop_after_commit = True
     assert deliver.run(argv) == 0
     assert env["shim"].drop_after_commit is False  # the connection was dropped after a commit
@@ -190,7 +190,7 @@ def test_retry_after_lost_commit_acknowledgement_loads_nothing_twice(env, tmp_pa
 
 def test_rows_redshift_refuses_become_dead_letters_with_its_reason(env, tmp_path):
     psql(env["pg"], "CREATE SCHEMA s4")
-    root, truth, argv = run(tmp_path, env, integration(env, "s4"), n=200, seed=34)
+    root, truth, argv = run(tmp_path, integration(env, "s4"), n=200, seed=34)
     refused = sorted(consented_ids(truth))[:2]
     psql(env["pg"], "CREATE TABLE s4.events (event_id VARCHAR(64) NOT NULL, type VARCHAR(20), event VARCHAR(256), "
                     "anonymous_id VARCHAR(64), user_id VARCHAR(256), timestamp TIMESTAMP, received_at TIMESTAMP, "
@@ -210,7 +210,7 @@ def test_rows_redshift_refuses_become_dead_letters_with_its_reason(env, tmp_path
 
 def test_missing_table_without_create_table_fails_at_start(env, tmp_path, capsys):
     psql(env["pg"], "CREATE SCHEMA s5")
-    root, truth, argv = run(tmp_path, env, integration(env, "s5"), n=10, seed=35)
+    root, truth, argv = run(tmp_path, integration(env, "s5"), n=10, seed=35)
     assert deliver.run(argv) == 2
     err = capsys.readouterr().err
     assert "s5.events does not exist" in err and "pipelines.ddl" in err and PASSWORD not in err

@@ -223,6 +223,13 @@ def is_data_error(exc) -> bool:
 
 
 # -- connections -----------------------------------------------------------------------------------
+def split_endpoint(url: str) -> tuple[str, str, int]:
+    """``http://127.0.0.1:8080`` -> ``("http", "127.0.0.1", 8080)``; the port defaults by scheme. Pure."""
+    scheme, _, hostport = url.rstrip("/").partition("://")
+    host, _, port = hostport.partition(":")
+    return scheme, host, int(port or (443 if scheme == "https" else 80))
+
+
 def load_private_key(config: SnowflakeConfig):
     """The RSA key object from PEM text (PKCS#8, encrypted with ``private_key_passphrase`` or not)."""
     from cryptography.hazmat.primitives import serialization
@@ -245,9 +252,8 @@ def connect(config: SnowflakeConfig):
                   session_parameters={"CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED": False},
                   login_timeout=60, network_timeout=300)
     if config.endpoint_url:
-        scheme, _, hostport = config.endpoint_url.rstrip("/").partition("://")
-        host, _, port = hostport.partition(":")
-        kwargs.update(protocol=scheme, host=host, port=int(port or (443 if scheme == "https" else 80)))
+        scheme, host, port = split_endpoint(config.endpoint_url)
+        kwargs.update(protocol=scheme, host=host, port=port)
     return snowflake.connector.connect(**{k: v for k, v in kwargs.items() if v is not None})
 
 
@@ -415,9 +421,8 @@ class SnowflakeLoader:
                                                     serialization.NoEncryption()).decode()
             kwargs = {}
             if c.snowpipe_endpoint_url:
-                scheme, _, hostport = c.snowpipe_endpoint_url.rstrip("/").partition("://")
-                host, _, port = hostport.partition(":")
-                kwargs = dict(scheme=scheme, host=host, port=int(port or (443 if scheme == "https" else 80)))
+                scheme, host, port = split_endpoint(c.snowpipe_endpoint_url)
+                kwargs = dict(scheme=scheme, host=host, port=port)
             pipe = f"{c.database}.{c.schema_name}.{c.pipe}".upper()
             self._ingest = SimpleIngestManager(account=c.account, user=c.user, pipe=pipe, private_key=pem, **kwargs)
         return self._ingest
