@@ -43,6 +43,13 @@ EXTRAS = {
         "fakesnow[server]>=0.12.1,<0.13",
         # sFTP server run in-process by the tests.
         "asyncssh>=2.14,<3",
+        # The vendors' own SDKs, whose real output the dialect tests capture (tests/servers/capture.py).
+        "snowplow-tracker>=1.0,<2",
+        "snowplow-analytics-sdk>=0.2.3,<0.3",
+        "cloudevents>=2.1,<3",
+        "opentelemetry-sdk>=1.30,<2",
+        "opentelemetry-exporter-otlp-proto-http>=1.30,<2",
+        "segment-analytics-python>=2.3,<3",
     ],
     # Destinations that need nothing beyond the core install today; kept as named
     # extras so `pip install beamhouse[duckdb]` keeps working as destinations grow.

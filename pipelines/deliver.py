@@ -57,6 +57,7 @@ def parse_settings(opts: DeliveryOptions, integrations) -> ParseSettings:
         app_id_field=opts.app_id_field,
         consent_purposes=tuple(purposes),
         shards=opts.shards,
+        dialect=opts.input_dialect,
     )
 
 

@@ -23,6 +23,9 @@ class DeliveryOptions(PipelineOptions):
                             help="Dotted path of the tenant id in an event (for partition templates).")
         parser.add_argument("--app_id_field", default="context.app_id",
                             help="Dotted path of the app id in an event (for partition templates).")
+        parser.add_argument("--input_dialect", default="auto",
+                            choices=["auto", "segment", "snowplow", "cloudevents", "otel"],
+                            help="The records' dialect; auto detects it per record (see README, Input dialects).")
         parser.add_argument("--max_event_bytes", type=int, default=65_536,
                             help="Longer lines are dead-lettered as too_large.")
         parser.add_argument("--max_nesting_depth", type=int, default=64,

@@ -23,7 +23,7 @@ import pyarrow as pa
 from apache_beam.metrics import Metrics
 
 from transforms import coders, deadletter  # noqa: F401 (coders: registers the Arrow shuffle coder)
-from transforms.dialects import segment, segment_bulk
+from transforms.dialects import cloudevents, common, otel, segment, segment_bulk, snowplow
 from transforms.events import batch_schema
 
 DEAD_LETTERS = "dead_letters"
@@ -43,6 +43,8 @@ class ParseSettings:
     app_id_field: str = "context.app_id"
     consent_purposes: tuple = ()
     shards: int = 4
+    dialect: str = "auto"  # or one of segment, snowplow, cloudevents, otel (see transforms.dialects)
+    max_envelope_bytes: int = 4 * 1024 * 1024  # a line holding many events (a batch or an OTLP export)
 
 
 def _get_path(obj, parts):
@@ -128,11 +130,16 @@ class _ParseBatchFn(beam.DoFn):
                 continue
             seen += 1
             if len(line) > s.max_event_bytes:
-                yield self._reject("too_large", "parse", f"{len(line)} bytes exceeds {s.max_event_bytes}", line)
+                # A line of many events (a batch, an OTLP export) may be larger; its events are checked one by one.
+                if len(line) > s.max_envelope_bytes or not _may_be_envelope(line):
+                    limit = s.max_envelope_bytes if _may_be_envelope(line) else s.max_event_bytes
+                    yield self._reject("too_large", "parse", f"{len(line)} bytes exceeds {limit}", line)
+                    continue
+                slow.append(line)
                 continue
             # The fast path takes lines that are valid UTF-8 and shallow enough by bracket count (it keeps
             # nested objects as text, so it must not see what the per-event checks would refuse).
-            if (bulk.usable and line.count(b"{") + line.count(b"[") <= depth_limit
+            if (bulk.usable and s.dialect in ("auto", "segment") and line.count(b"{") + line.count(b"[") <= depth_limit
                     and (line.isascii() or _valid_utf8(line))):
                 decoded = bulk.decode(line)
                 if decoded is not None:
@@ -153,9 +160,7 @@ class _ParseBatchFn(beam.DoFn):
         if slow:
             columns = [[] for _ in self._schema]
             for line in slow:
-                rejected = self._normalise_one(line, now, columns)
-                if rejected is not None:
-                    yield rejected
+                yield from self._normalise_one(line, now, columns)
             if columns[0]:
                 tables.append(self._table(columns))
         if not tables:
@@ -169,17 +174,133 @@ class _ParseBatchFn(beam.DoFn):
         return pa.Table.from_arrays(arrays, schema=self._schema)
 
     def _normalise_one(self, line: bytes, now: int, cols: list):
-        """The per-event path: append the event's columns to ``cols``, or return its dead letter."""
+        """The per-event path: append the line's events to ``cols``; yields the dead letters."""
         s = self._s
+        declared = s.dialect
         try:
             obj = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
-            return self._classify(line, exc)
-        if type(obj) is not dict:
-            return self._reject("not_an_object", "parse", f"top level is a JSON {type(obj).__name__}", line)
+            if declared in ("auto", "snowplow") and _may_be_snowplow_text(line):
+                try:
+                    text = line.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    yield self._reject("invalid_utf8", "parse", f"invalid UTF-8 at byte {err.start}", line)
+                    return
+                limits = self._limits(now)
+                if "\t" in text:
+                    item = common.guarded(None, line, lambda: snowplow.normalise_fields(
+                        snowplow.enriched_from_tsv(text), limits))
+                else:
+                    item = common.guarded(None, line, lambda: snowplow.normalise_fields(
+                        snowplow.enriched_from_tracker(snowplow.query_params(text)), limits))
+                yield from self._append_items([("snowplow", item)], cols)
+                return
+            yield self._classify(line, exc)
+            return
         # Counting brackets is cheap; the walk runs only when the count could exceed the limit.
         if line.count(b"{") + line.count(b"[") > s.max_nesting_depth and _too_deep(obj, s.max_nesting_depth):
-            return self._reject("too_deep", "parse", f"nesting deeper than {s.max_nesting_depth}", line)
+            yield self._reject("too_deep", "parse", f"nesting deeper than {s.max_nesting_depth}", line)
+            return
+        dialect = _detect(obj) if declared == "auto" else declared
+        if dialect == "segment":
+            if type(obj) is not dict:
+                yield self._reject("not_an_object", "parse", f"top level is a JSON {type(obj).__name__}", line)
+                return
+            if isinstance(obj.get("batch"), list) and "type" not in obj:
+                self._count_envelope(len(obj["batch"]))
+                yield from self._segment_envelope(obj, now, cols)
+                return
+            rejected = self._segment_one(obj, line, now, cols)
+            if rejected is not None:
+                yield rejected
+            return
+        items = self._other_dialect(dialect, obj, line, now)
+        self._count_envelope(len(items))
+        yield from self._append_items(items, cols)
+
+    def _count_envelope(self, events: int):
+        """``input`` counts events: a line holding several adds the rest; one holding none (an empty batch or
+        export) is counted with the blank lines, so the accounting still balances."""
+        if events != 1:
+            self._input.inc(events - 1)
+        if events == 0:
+            self._blank.inc()
+
+    def _limits(self, now: int) -> common.Limits:
+        return common.Limits(self._s.source_id, now, self._max_past_us, self._max_future_us)
+
+    def _other_dialect(self, dialect: str, obj, line: bytes, now: int):
+        """``(dialect, Normalised or Rejected)`` for each event a Snowplow, CloudEvents or OTLP record holds."""
+        limits = self._limits(now)
+        if dialect == "cloudevents":
+            if isinstance(obj, dict):
+                return [("cloudevents", common.guarded(None, line, lambda: cloudevents.normalise(obj, limits)))]
+            if isinstance(obj, list):
+                return [("cloudevents", common.guarded(None, orjson.dumps(e), lambda e=e: cloudevents.normalise(e, limits)
+                                                       if isinstance(e, dict) else _not_object(e)))
+                        for e in obj]
+        elif dialect == "otel" and otel.looks_otlp(obj):
+            return [("otel", common.guarded(None, otel.record_payload(rl, sl, rec),
+                                            lambda rl=rl, sl=sl, rec=rec: otel.normalise(rl, sl, rec, limits)))
+                    for rl, sl, rec in otel.records(obj)]
+        elif dialect == "snowplow" and isinstance(obj, dict):
+            if snowplow.looks_enriched_json(obj):
+                return [("snowplow", common.guarded(None, line, lambda: snowplow.normalise_fields(obj, limits)))]
+            many = snowplow.looks_payload_data(obj)
+            return [("snowplow", common.guarded(None, orjson.dumps(p) if many else line, lambda p=p: snowplow.normalise_fields(
+                        snowplow.enriched_from_tracker(p) if isinstance(p, dict) else _not_object(p), limits)))
+                    for p in snowplow.tracker_records(obj)]
+        what = "JSON " + type(obj).__name__ if not isinstance(obj, dict) else "object"
+        return [(dialect, common.guarded(None, line, lambda: _raise(
+            "not_an_object" if not isinstance(obj, (dict, list)) else "invalid_field",
+            f"a {what} is not a {dialect} record")))]
+
+    def _append_items(self, items, cols):
+        """Append normalised events to ``cols``; yield the dead letters of rejected ones."""
+        s = self._s
+        for dialect, item in items:
+            if isinstance(item, segment.Rejected):
+                yield self._reject(item.reason, "normalise", item.error, getattr(item, "payload", b""), item.event_id)
+                continue
+            row, view = item
+            encoded = [None if row[i] is None else orjson.dumps(row[i]) for i in (8, 9, 10)]
+            size = sum(len(e) for e in encoded if e is not None)
+            if size > s.max_event_bytes:
+                yield self._reject("too_large", "normalise", f"the event's JSON is {size} bytes, over {s.max_event_bytes}",
+                                   orjson.dumps({"event_id": row[0], "event": row[2]}), row[0])
+                continue
+            for i in range(8):
+                cols[i].append(row[i])
+            for i, value in zip((8, 9, 10), encoded):
+                cols[i].append(value)
+            cols[11].append(_get_path(view, self._tenant_path))
+            cols[12].append(_get_path(view, self._app_path))
+            cols[13].append(dialect)
+            consent = view["context"].get("consent")
+            if not isinstance(consent, dict):
+                consent = {}
+            for j, purpose in enumerate(s.consent_purposes):
+                cols[14 + j].append(consent.get(purpose) is True)
+
+    def _segment_envelope(self, obj: dict, now: int, cols: list):
+        """A Segment HTTP API batch body (``{"batch": [...], "sentAt": ...}``): each event on its own; the
+        body's ``sentAt`` applies to events without one, and ``writeKey`` (a credential) is never kept."""
+        sent_at = obj.get("sentAt")
+        for event in obj["batch"]:
+            payload = orjson.dumps(event)
+            if type(event) is not dict:
+                yield self._reject("not_an_object", "parse", f"a batch entry is a JSON {type(event).__name__}", payload)
+                continue
+            if sent_at is not None and event.get("sentAt") is None:
+                event = {**event, "sentAt": sent_at}
+            event.pop("writeKey", None)
+            rejected = self._segment_one(event, payload, now, cols)
+            if rejected is not None:
+                yield rejected
+
+    def _segment_one(self, obj: dict, line: bytes, now: int, cols: list):
+        """One Segment event: append its columns to ``cols``, or return its dead letter."""
+        s = self._s
         try:
             row = segment.normalise(obj, s.source_id, now, self._max_past_us, self._max_future_us)
         except segment.Rejected as rej:
@@ -200,6 +321,40 @@ class _ParseBatchFn(beam.DoFn):
             for j, purpose in enumerate(s.consent_purposes):
                 cols[14 + j].append(consent.get(purpose) is True)
         return None
+
+
+def _raise(reason: str, error: str):
+    raise segment.Rejected(reason, error)
+
+
+def _not_object(value):
+    raise segment.Rejected("not_an_object", f"an entry is a JSON {type(value).__name__}, not an object")
+
+
+def _detect(obj) -> str:
+    """The dialect of a parsed record (see ``transforms.dialects``)."""
+    if isinstance(obj, list):
+        return "cloudevents" if cloudevents.looks_batch(obj) else "segment"
+    if not isinstance(obj, dict):
+        return "segment"
+    if otel.looks_otlp(obj):
+        return "otel"
+    if cloudevents.looks_cloudevent(obj):
+        return "cloudevents"
+    if snowplow.looks_payload_data(obj) or snowplow.looks_tracker(obj) or snowplow.looks_enriched_json(obj):
+        return "snowplow"
+    return "segment"
+
+
+def _may_be_envelope(line: bytes) -> bool:
+    head = line.lstrip()[:1]
+    return head == b"[" or (head == b"{" and any(k in line for k in (b'"resourceLogs"', b"payload_data", b'"batch"')))
+
+
+def _may_be_snowplow_text(line: bytes) -> bool:
+    """An enriched TSV line or a tracker GET query string (``e=pv&...``, ``/i?e=pv&...``)."""
+    stripped = line.lstrip()
+    return b"\t" in line or stripped.startswith((b"e=", b"/i?", b"/com.snowplowanalytics.snowplow/i?")) or b"&e=" in line
 
 
 def _valid_utf8(line: bytes) -> bool:

@@ -38,6 +38,7 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from transforms import coders, deadletter  # noqa: F401 (coders: Arrow shuffles)
+from transforms.dialects import cloudevents
 
 DEAD_LETTERS = "dead_letters"
 
@@ -45,6 +46,26 @@ DEAD_LETTERS = "dead_letters"
 def split_message(data: bytes) -> list[bytes]:
     """A message's lines (one event per line; a trailing newline or CR is not an event). Pure."""
     return [line.rstrip(b"\r") for line in data.split(b"\n") if line.strip()]
+
+
+def pubsub_lines(message) -> list[bytes]:
+    """A Pub/Sub message's lines; a binary-mode CloudEvent (``ce-*`` attributes) becomes one structured line."""
+    structured = cloudevents.binary_to_structured(message.attributes or {}, message.data, "ce-")
+    return [structured] if structured is not None else split_message(message.data or b"")
+
+
+def kafka_lines(record) -> list[bytes]:
+    """A Kafka record's lines (``ReadFromKafka(with_metadata=True)``); binary-mode CloudEvents (``ce_*``
+    headers, the Kafka protocol binding) become one structured line."""
+    headers = {}
+    for header in getattr(record, "headers", None) or []:
+        key, value = (header.key, header.value) if hasattr(header, "key") else header
+        headers[key] = value
+    value = getattr(record, "value", None)
+    if value is None and isinstance(record, tuple):
+        value = record[1]
+    structured = cloudevents.binary_to_structured(headers, value, "ce_")
+    return [structured] if structured is not None else split_message(value or b"")
 
 
 def read_file_lines(readable) -> list[bytes]:
@@ -67,8 +88,8 @@ class ReadStream(beam.PTransform):
 
     def expand(self, p):
         if self._subscription:
-            return (p | "ReadPubSub" >> beam.io.ReadFromPubSub(subscription=self._subscription)
-                    | "SplitMessages" >> beam.FlatMap(split_message))
+            return (p | "ReadPubSub" >> beam.io.ReadFromPubSub(subscription=self._subscription, with_attributes=True)
+                    | "SplitMessages" >> beam.FlatMap(pubsub_lines))
         if self._watch:
             from apache_beam.io import fileio
 
@@ -80,8 +101,8 @@ class ReadStream(beam.PTransform):
 
         return (p | "ReadKafka" >> ReadFromKafka(consumer_config={"bootstrap.servers": servers,
                                                                   "group.id": "beamhouse"},
-                                                 topics=[topic], with_metadata=False)
-                | "KafkaValues" >> beam.FlatMap(lambda kv: split_message(kv[1] or b"")))
+                                                 topics=[topic], with_metadata=True)
+                | "KafkaValues" >> beam.FlatMap(kafka_lines))
 
 
 class _ExplodeFn(beam.DoFn):

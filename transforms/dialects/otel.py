@@ -1,0 +1,154 @@
+"""OpenTelemetry log records used as events (OTLP JSON: ``resourceLogs`` -> ``scopeLogs`` -> ``logRecords``)
+-> canonical events, one per log record.
+
+OTLP JSON as the spec encodes it: lowerCamelCase keys, ``traceId``/``spanId`` as hex, 64-bit integers as
+strings or numbers, ``AnyValue`` objects (``stringValue``, ``intValue``, ``doubleValue``, ``boolValue``,
+``bytesValue`` (base64), ``arrayValue.values``, ``kvlistValue.values``) decoded to plain JSON values.
+
+Columns:
+
+- ``event`` <- the record's ``eventName``, else its attribute ``event.name``; a record with neither is a
+  plain log line and becomes the event ``Log Record`` (kept, not dropped).
+- ``type`` = track.
+- ``event_id`` <- attribute ``event.id`` (or ``event_id``), else a UUID derived from the resource, scope
+  and record (a re-sent export dedups).
+- ``timestamp`` <- ``timeUnixNano`` (when set), else ``observedTimeUnixNano``, else ``received_at``,
+  truncated to microseconds; ``received_at`` <- the processing time; ``sent_at``: null.
+- ``user_id`` <- attribute ``user.id``, else ``enduser.id``; ``anonymous_id`` <- attribute ``device.id``,
+  else the resource's ``device.id``. Record attributes win over resource attributes.
+- ``properties`` <- the record's attributes (dotted keys as sent), plus ``body`` when the record has one.
+- ``context``: ``otel`` = ``resource`` (attributes), ``scope`` (name, version, attributes),
+  ``severity_number``, ``severity_text``, ``trace_id``, ``span_id``, ``flags``, ``observed_time_unix_nano``
+  and schema URLs; ``app_id`` <- ``service.name``; ``tenant_id`` <- ``tenant.id`` (record, else resource);
+  ``consent`` <- attributes ``consent.<purpose>`` (booleans).
+- ``traits``: null.
+"""
+from __future__ import annotations
+
+import orjson
+
+from transforms.dialects import common
+from transforms.dialects.segment import Rejected
+
+LOG_RECORD = "Log Record"
+
+
+def looks_otlp(obj) -> bool:
+    return isinstance(obj, dict) and isinstance(obj.get("resourceLogs"), list)
+
+
+def any_value(value):
+    """An OTLP ``AnyValue`` object -> a plain JSON value."""
+    if not isinstance(value, dict):
+        return value
+    if "stringValue" in value:
+        return value["stringValue"]
+    if "boolValue" in value:
+        return value["boolValue"]
+    if "intValue" in value:
+        raw = value["intValue"]
+        try:
+            return int(raw)
+        except (TypeError, ValueError):
+            raise Rejected("invalid_field", "intValue: not an integer") from None
+    if "doubleValue" in value:
+        raw = value["doubleValue"]
+        return float(raw) if isinstance(raw, (int, float, str)) and raw not in ("NaN", "Infinity", "-Infinity") else raw
+    if "bytesValue" in value:
+        return value["bytesValue"]
+    if "arrayValue" in value:
+        return [any_value(v) for v in (value["arrayValue"] or {}).get("values", [])]
+    if "kvlistValue" in value:
+        return attributes((value["kvlistValue"] or {}).get("values", []))
+    return None  # an empty AnyValue
+
+
+def attributes(kvs) -> dict:
+    """A list of OTLP ``KeyValue`` objects -> ``{key: value}`` (later duplicates win)."""
+    if kvs is None:
+        return {}
+    if not isinstance(kvs, list):
+        raise Rejected("invalid_field", "attributes: expected a list of key/value objects")
+    out = {}
+    for kv in kvs:
+        if not isinstance(kv, dict) or not isinstance(kv.get("key"), str):
+            raise Rejected("invalid_field", "attributes: every entry needs a string 'key'")
+        out[kv["key"]] = any_value(kv.get("value"))
+    return out
+
+
+def _nanos(value, field: str) -> int | None:
+    if value is None or value in ("", "0", 0):
+        return None
+    try:
+        nanos = int(value)
+    except (TypeError, ValueError):
+        raise Rejected("invalid_timestamp", f"{field}: not an integer number of nanoseconds") from None
+    return common.time_us(nanos // 1000, field)
+
+
+def records(export: dict):
+    """``(resource_logs, scope_logs, log_record)`` for every record of an export."""
+    for resource_logs in export.get("resourceLogs") or []:
+        if not isinstance(resource_logs, dict):
+            continue
+        for scope_logs in resource_logs.get("scopeLogs") or []:
+            if not isinstance(scope_logs, dict):
+                continue
+            for record in scope_logs.get("logRecords") or []:
+                yield resource_logs, scope_logs, record
+
+
+def normalise(resource_logs: dict, scope_logs: dict, record, limits: common.Limits) -> common.Normalised:
+    """Map one log record, with its resource and scope, to a canonical row; raises ``Rejected``."""
+    if not isinstance(record, dict):
+        raise Rejected("invalid_field", "logRecords: every record must be an object")
+    resource = attributes((resource_logs.get("resource") or {}).get("attributes"))
+    scope_obj = scope_logs.get("scope") or {}
+    attrs = attributes(record.get("attributes"))
+    explicit = attrs.get("event.id", attrs.get("event_id"))
+    event_id = common.id_text(explicit, "event.id") or common.derived_id(
+        limits.source_id, "otel", resource, scope_obj, record)
+    try:
+        name = record.get("eventName") or attrs.get("event.name") or LOG_RECORD
+        received_at = limits.now_us
+        timestamp = (_nanos(record.get("timeUnixNano"), "timeUnixNano")
+                     or _nanos(record.get("observedTimeUnixNano"), "observedTimeUnixNano") or received_at)
+        merged = {**resource, **attrs}
+        user_id = common.id_text(merged.get("user.id", merged.get("enduser.id")), "user.id")
+        anonymous_id = common.id_text(merged.get("device.id"), "device.id")
+        properties = dict(attrs)
+        body = any_value(record.get("body"))
+        if body is not None:
+            properties["body"] = body
+        otel = {"resource": resource,
+                "scope": {"name": scope_obj.get("name"), "version": scope_obj.get("version"),
+                          "attributes": attributes(scope_obj.get("attributes"))}}
+        for key, target in (("severityNumber", "severity_number"), ("severityText", "severity_text"),
+                            ("traceId", "trace_id"), ("spanId", "span_id"), ("flags", "flags"),
+                            ("observedTimeUnixNano", "observed_time_unix_nano")):
+            if record.get(key) not in (None, ""):
+                otel[target] = record[key]
+        for holder, key in ((resource_logs, "schemaUrl"), (scope_logs, "schemaUrl")):
+            if holder.get(key):
+                otel.setdefault("schema_urls", []).append(holder[key])
+        context: dict = {"otel": otel}
+        if merged.get("service.name") is not None:
+            context["app_id"] = merged["service.name"]
+        if merged.get("tenant.id") is not None:
+            context["tenant_id"] = merged["tenant.id"]
+        consent = {k[len("consent."):]: v for k, v in merged.items() if k.startswith("consent.")}
+        if consent:
+            context["consent"] = consent
+        return common.build(event_id, "track", name, anonymous_id, user_id, timestamp, received_at, None,
+                            context, properties, None, limits)
+    except Rejected as rej:
+        rej.event_id = event_id
+        raise
+
+
+def record_payload(resource_logs: dict, scope_logs: dict, record) -> bytes:
+    """One record with its resource and scope, as a dead letter's payload (an export of one record)."""
+    return orjson.dumps({"resourceLogs": [{"resource": resource_logs.get("resource"),
+                                           "scopeLogs": [{"scope": scope_logs.get("scope"),
+                                                          "logRecords": [record]}]}]})
