@@ -102,6 +102,18 @@ class LocalStorage:
             return None
         return {"bytes": len(existing), "sha256": hashlib.sha256(existing).hexdigest(), "batch": None}
 
+    def list_names(self, folder: str) -> list[str]:
+        """Relative names of the files directly under ``folder`` (sorted; none when it is missing)."""
+        try:
+            return sorted(f"{folder}/{n}" for n in os.listdir(self.path(folder))
+                          if os.path.isfile(os.path.join(self.path(folder), n)))
+        except FileNotFoundError:
+            return []
+
+    def read(self, relative: str) -> bytes:
+        with open(self.path(relative), "rb") as fh:
+            return fh.read()
+
 
 class BeamStorage:
     """A destination root on another Beam filesystem (hdfs://, azfs://, ...): write to a temp name,
@@ -137,6 +149,15 @@ class BeamStorage:
         with FileSystems.open(final) as fh:
             existing = fh.read()
         return {"bytes": len(existing), "sha256": hashlib.sha256(existing).hexdigest(), "batch": None}
+
+    def list_names(self, folder: str) -> list[str]:
+        base = partitioning.join(self.root, folder) + "/"
+        matched = FileSystems.match([base + "*"])[0].metadata_list
+        return sorted(folder + "/" + m.path[len(base):] for m in matched if "/" not in m.path[len(base):])
+
+    def read(self, relative: str) -> bytes:
+        with FileSystems.open(partitioning.join(self.root, relative)) as fh:
+            return fh.read()
 
 
 def storage_for(root: str, **options):

@@ -43,6 +43,8 @@ REASONS = {
     "sink_rejected": "the destination refused the event (the error says why)",
     "too_late": "streaming: received more than --allowed_lateness_seconds after its event time",
     "archive_unreadable": "regeneration: an archive line is not a row the files destination wrote",
+    "profile_rejected": "the integration's output profile (hackle, statsig) cannot hold the event",
+    "day_already_finished": "statsig: the event's day was already signalled as finished",
 }
 
 

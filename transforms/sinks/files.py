@@ -31,6 +31,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from transforms import coders, commit, deadletter, formats, partitioning  # noqa: F401 (coders: Arrow shuffles)
 from transforms.integrations import BaseDestinationConfig
+from transforms.profiles import hackle as hackle_profile
+from transforms.profiles import statsig as statsig_profile
+from transforms.secrets import SecretField
 from transforms.profiles.warehouse import to_warehouse
 from transforms.routes import Route, UnknownTenant
 
@@ -53,9 +56,75 @@ class Quota(BaseModel):
         return self.tenants.get(tenant, self.daily_bytes)
 
 
+class HackleSettings(BaseModel):
+    """``profile: hackle`` options (see ``transforms.profiles.hackle``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    metric_property: str = Field("revenue", min_length=1, max_length=256)
+    identifier_paths: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("identifier_paths")
+    @classmethod
+    def _paths(cls, value):
+        for name, path in value.items():
+            if path.split(".")[0] not in ("context", "properties", "traits"):
+                raise ValueError(f"identifier {name!r}: path must start with context, properties or traits")
+        return value
+
+
+class StatsigMetric(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=127)
+    event: str = Field(min_length=1)
+    aggregate: Literal["count", "sum", "ratio"] = "count"
+    property: str | None = None
+    id_type: Literal["user_id", "stable_id"] = "user_id"
+
+    @model_validator(mode="after")
+    def _property(self):
+        if self.aggregate != "count" and not self.property:
+            raise ValueError(f"metric {self.name!r}: aggregate {self.aggregate} needs 'property'")
+        return self
+
+
+class StatsigSettings(BaseModel):
+    """``profile: statsig`` options (see ``transforms.profiles.statsig``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    timezone: str = "America/Los_Angeles"
+    allowed_lateness_seconds: float = Field(3_600, ge=0, le=30 * 86_400)
+    value_property: str = "value"
+    metrics: list[StatsigMetric] = Field(default_factory=list)
+    signal: Literal["dataset", "mark_data_ready"] = "dataset"
+    api_key: SecretField | None = None
+    mark_data_ready_url: str = "https://api.statsig.com/v1/mark_data_ready"
+    mark_data_ready_types: list[Literal["metrics", "events"]] = Field(default_factory=lambda: ["metrics"])
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value):
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _signal(self):
+        if self.signal == "mark_data_ready" and self.api_key is None:
+            raise ValueError("signal mark_data_ready needs api_key (a server secret, e.g. env:STATSIG_KEY)")
+        return self
+
+
 class FileOutputConfig(BaseDestinationConfig):
     """What every file-writing vendor accepts: format, compression, layout and naming."""
 
+    profile: Literal["warehouse", "hackle", "statsig"] = "warehouse"
+    hackle: HackleSettings = Field(default_factory=HackleSettings)
+    statsig: StatsigSettings = Field(default_factory=StatsigSettings)
+    partition_timezone: str = "UTC"
     file_format: Literal["json", "parquet", "csv"] = "json"
     compression: Literal["gzip", "snappy", "zstd", "none"] | None = None
     partition_by: str = partitioning.DEFAULT_TEMPLATE
@@ -66,6 +135,25 @@ class FileOutputConfig(BaseDestinationConfig):
     quota: Quota | None = None
     schedule_minutes: Literal[15, 30, 60] | None = Field(
         None, description="scheduled export (seed 002): in streaming, deliver every N minutes all that arrived")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _profile_defaults(cls, data):
+        # Importer profiles fix the format and the daily layout their importer reads.
+        if isinstance(data, dict) and data.get("profile") in ("hackle", "statsig"):
+            profile = data["profile"]
+            if data.get("file_format", "parquet") != "parquet":
+                raise ValueError(f"profile {profile} writes Parquet (leave file_format out or set parquet)")
+            data = {**data, "file_format": "parquet"}
+            if profile == "statsig":
+                if "partition_by" in data or "partition_timezone" in data:
+                    raise ValueError("profile statsig has a fixed layout (events/, metrics/, signals/ by day "
+                                     "in statsig.timezone); leave partition_by and partition_timezone out")
+                tz = (data.get("statsig") or {}).get("timezone", "America/Los_Angeles")
+                data.update(partition_by="events/{date}", partition_timezone=tz)
+            else:
+                data.setdefault("partition_by", "{date}")
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -85,6 +173,19 @@ class FileOutputConfig(BaseDestinationConfig):
     def _template(cls, value: str) -> str:
         partitioning.parse_template(value)  # raises ValueError with the reason
         return value
+
+    @field_validator("partition_timezone")
+    @classmethod
+    def _partition_tz(cls, value: str) -> str:
+        return StatsigSettings._tz(value)
+
+    @model_validator(mode="after")
+    def _daily(self):
+        if self.profile == "hackle":
+            fields = partitioning.parse_template(self.partition_by)
+            if any(code in fields.strftime for code in ("%H", "%M", "%S")) or {"_min15", "_min30"} & set(fields.fields):
+                raise ValueError("profile hackle stores data by day: partition_by must not go below a day")
+        return self
 
     @field_validator("file_name")
     @classmethod
@@ -203,6 +304,8 @@ class _KeyByPartitionFn(beam.DoFn):
     def process(self, table):
         fields = list(self._template.fields)
         seconds = partition_time_seconds(table[self._config.partition_time])
+        if self._config.partition_timezone != "UTC":  # days and hours as a clock in that zone shows them
+            seconds = seconds.cast(pa.timestamp("s", tz=self._config.partition_timezone))
         columns = {"_pkey": pc.strftime(seconds, format=self._template.strftime)}
         for name in fields:
             if name in ("_min15", "_min30"):
@@ -280,6 +383,10 @@ class _WritePartitionFn(beam.DoFn):
         if problem is not None:  # fail closed: never unencrypted, never under another key
             yield from sink_dead_letters(self._iid, "encryption_key_unusable", rows, problem, with_payload=False)
             return
+        if self._config.profile == "statsig":
+            rows = yield from self._statsig_checks(storage, partition, rows)
+            if rows.num_rows == 0:
+                return
         for number, start in enumerate(range(0, rows.num_rows, self._config.batch_size), 1):
             chunk = rows.slice(start, self._config.batch_size)
             try:
@@ -288,6 +395,34 @@ class _WritePartitionFn(beam.DoFn):
                 yield from sink_dead_letters(self._iid, "encryption_key_unusable", chunk, str(exc), with_payload=False)
                 continue
             yield {**record, "route": route_key, **({"tenant": tenant} if tenant is not None else {})}
+
+    def _statsig_checks(self, storage, partition: str, rows):
+        """Dead-letter what Statsig cannot take: events its contract cannot hold, and events of a day already
+        signalled as finished (Statsig would never read them). Returns the rest."""
+        day = partition.rsplit("/", 1)[-1]
+        if storage.lookup(statsig_signal_name(day)) is not None:
+            yield from sink_dead_letters(self._iid, "day_already_finished", rows,
+                                         f"{day} was already signalled as finished to Statsig")
+            return rows.slice(0, 0)
+        _, rejected = statsig_profile.to_events(to_warehouse(rows), self._config.statsig.value_property)
+        if not rejected:
+            return rows
+        for index, reason in rejected:
+            yield from sink_dead_letters(self._iid, "profile_rejected", rows.slice(index, 1), reason)
+        keep = np.ones(rows.num_rows, dtype=bool)
+        keep[[i for i, _ in rejected]] = False
+        return rows.filter(pa.array(keep))
+
+    def _profile_table(self, rows: pa.Table) -> pa.Table:
+        c = self._config
+        table = to_warehouse(rows)
+        if c.profile == "hackle":
+            table, collisions = hackle_profile.to_hackle(table, c.hackle.metric_property, c.hackle.identifier_paths)
+            if collisions:
+                Metrics.counter(deadletter.NAMESPACE, f"{self._iid}.map_key_collisions").inc(collisions)
+        elif c.profile == "statsig":
+            table, _ = statsig_profile.to_events(table, c.statsig.value_property)
+        return table
 
     def _write(self, storage, partition: str, tenant: str, rows, number: int = 1):
         c = self._config
@@ -298,9 +433,14 @@ class _WritePartitionFn(beam.DoFn):
             name = partitioning.render_file_name(self._names, first_us, batch, self._ext, collision, number)
             return f"{partition}/{name}"
 
-        data = formats.encode(c.file_format, to_warehouse(rows), c.compression, **self._options)
+        data = formats.encode(c.file_format, self._profile_table(rows), c.compression, **self._options)
         record = commit.publish_batch(storage, name_for, data, rows.num_rows, batch=batch,
                                       content_addressed=self._names.content_addressed, partition=partition)
+        if c.profile == "statsig":
+            # The day has data: remember it (in the destination, so a later run finishes it) and how far
+            # the delivered data reaches (the watermark the day's completeness is judged by).
+            storage.put_if_absent(statsig_pending_name(partition.rsplit("/", 1)[-1]), b"", {})
+            record["max_received_at_us"] = pc.max(rows["received_at"]).value
         self._delivered.inc(rows.num_rows)
         self._files.inc()
         if record["status"] == "already_present":
@@ -317,6 +457,85 @@ class _WritePartitionFn(beam.DoFn):
         return record
 
 
+def statsig_pending_name(day: str) -> str:
+    return f"_pending/{day}"
+
+
+def statsig_signal_name(day: str) -> str:
+    """The marker that ``day`` was signalled (written after the signal file or the mark-ready call)."""
+    return f"_finished/{day}"
+
+
+class _FinishStatsigDaysFn(beam.DoFn):
+    """``(integration, file records)`` -> for each day now complete (see ``transforms.profiles.statsig``), in
+    date order: its metrics from its published event files, then its ``finished_date`` signal (or the
+    mark-data-ready call). Yields one record per finished day."""
+
+    def __init__(self, integration_id: str, config: FileOutputConfig):
+        self._iid, self._config = integration_id, config
+
+    def process(self, element):
+        route_key, files = element
+        files = list(files)
+        watermarks = [f["max_received_at_us"] for f in files if "max_received_at_us" in f]
+        if not watermarks:
+            return
+        settings = self._config.statsig
+        storage = self._config.open_storage(Route.from_key(route_key))
+        pending = {n.rsplit("/", 1)[-1] for n in storage.list_names("_pending")}
+        finished = {n.rsplit("/", 1)[-1] for n in storage.list_names("_finished")}
+        for day in statsig_profile.complete_days(pending - finished, max(watermarks), settings.timezone,
+                                                 settings.allowed_lateness_seconds):
+            yield self._finish(storage, day)
+
+    def _finish(self, storage, day: str) -> dict:
+        import hashlib
+        import io
+
+        import pyarrow.parquet as pq
+
+        settings = self._config.statsig
+        names = [n for n in storage.list_names(f"events/{day}") if n.endswith(".parquet")]
+        events = pa.concat_tables([pq.read_table(io.BytesIO(storage.read(n))) for n in names]) if names \
+            else statsig_profile.EVENTS_SCHEMA.empty_table()
+        out = {"day": day, "event_files": len(names), "events": events.num_rows}
+        if settings.metrics:
+            table = statsig_profile.compute_metrics(events, day, settings.metrics)
+            data = formats.encode("parquet", table, self._config.compression)
+            name = f"metrics/{day}/metrics-{hashlib.sha256(data).hexdigest()[:16]}.parquet"
+            out["metrics"] = commit.publish_bytes(storage, name, data, table.num_rows)
+        if settings.signal == "dataset":
+            table = pa.table({"finished_date": [day]}, schema=statsig_profile.SIGNALS_SCHEMA)
+            data = formats.encode("parquet", table, self._config.compression)
+            out["signal"] = commit.publish_bytes(storage, f"signals/{day}/finished_date-{day}.parquet", data, 1)
+        else:
+            out["signal"] = mark_data_ready(settings, day)
+        storage.put_if_absent(statsig_signal_name(day), b"", {})
+        Metrics.counter(deadletter.NAMESPACE, f"{self._iid}.days_finished").inc()
+        return out
+
+
+def mark_data_ready(settings, day: str) -> dict:
+    """Statsig's mark_data_ready call for everything up to the end of ``day`` (in its time zone); raises
+    ``commit.PublishError`` (without the key) when Statsig does not accept it, so the day stays unsignalled."""
+    import urllib.error
+    import urllib.request
+
+    from transforms.secrets import redact
+
+    end_s = statsig_profile.day_end_us(day, settings.timezone) // 1_000_000
+    for kind in settings.mark_data_ready_types:
+        request = urllib.request.Request(
+            settings.mark_data_ready_url, method="POST", data=orjson.dumps({"timestamp": end_s, "type": kind}),
+            headers={"statsig-api-key": settings.api_key.get(), "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                response.read()
+        except (urllib.error.URLError, OSError) as exc:
+            raise commit.PublishError(redact(f"mark_data_ready for {day} ({kind}) failed: {exc}")) from None
+    return {"mark_data_ready": end_s, "types": list(settings.mark_data_ready_types)}
+
+
 class _WriteReportFn(beam.DoFn):
     """One delivery report per route: the files of this generation under that route's root."""
 
@@ -328,7 +547,7 @@ class _WriteReportFn(beam.DoFn):
 
         route_key, files = element
         storage = self._config.open_storage(Route.from_key(route_key))
-        entries = [{k: v for k, v in f.items() if k != "route"} for f in files]
+        entries = [{k: v for k, v in f.items() if k not in ("route", "max_received_at_us")} for f in files]
         report = commit.write_report(storage, self._iid, self._vendor, entries,
                                      created_at=format_us(deadletter.now_us()))
         if report is not None:
@@ -358,4 +577,11 @@ class WriteEventsToFiles(beam.PTransform):
                    | "CollectFiles" >> beam.GroupByKey()
                    | "WriteReport" >> beam.ParDo(_WriteReportFn(integ.integration_id, self._vendor, integ.config)))
         dead = (keyed[DEAD_LETTERS], written[DEAD_LETTERS]) | "FlattenSinkDeadLetters" >> beam.Flatten()
-        return {"files": written.files, "reports": reports, "dead_letters": dead}
+        out = {"files": written.files, "reports": reports, "dead_letters": dead}
+        if integ.config.profile == "statsig":
+            # After the files (the grouping waits for every file of the run, or of the streaming batch).
+            out["finished_days"] = (written.files
+                                    | "KeyDaysByRoute" >> beam.Map(lambda f: (f["route"], f))
+                                    | "CollectForDays" >> beam.GroupByKey()
+                                    | "FinishDays" >> beam.ParDo(_FinishStatsigDaysFn(integ.integration_id, integ.config)))
+        return out

@@ -138,6 +138,15 @@ class GCSStorage:
             raise commit.PublishError(redact(f"{relative}: GCS upload failed ({type(exc).__name__}: {message})")) from None
         return True
 
+    def list_names(self, folder: str) -> list[str]:
+        """Relative names of the objects directly under ``folder`` (needs storage.objects.list)."""
+        base = self.prefix + folder + "/"
+        blobs = client(**self._conn).list_blobs(self.bucket, prefix=base, delimiter="/", timeout=60)
+        return sorted(folder + "/" + b.name[len(base):] for b in blobs)
+
+    def read(self, relative: str) -> bytes:
+        return self._bucket().blob(self.prefix + relative).download_as_bytes(timeout=120, retry=self._retry())
+
     def lookup(self, relative: str) -> dict | None:
         from google.api_core import exceptions as gexc
 

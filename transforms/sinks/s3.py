@@ -172,6 +172,19 @@ class S3Storage:
                 raise commit.PublishError(f"{self.bucket}: could not delete {len(errors)} staged object(s), "
                                           f"e.g. {errors[0].get('Key')} ({errors[0].get('Code')})")
 
+    def list_names(self, folder: str) -> list[str]:
+        """Relative names of the objects directly under ``folder`` (needs s3:ListBucket)."""
+        base = self.key(folder) + "/"
+        names = []
+        for page in self._client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base,
+                                                                            Delimiter="/"):
+            names += [folder + "/" + o["Key"][len(base):] for o in page.get("Contents", [])]
+        return sorted(names)
+
+    def read(self, relative: str) -> bytes:
+        """An object's bytes (needs s3:GetObject)."""
+        return self._client().get_object(Bucket=self.bucket, Key=self.key(relative))["Body"].read()
+
     def lookup(self, relative: str) -> dict | None:
         from botocore.exceptions import ClientError
 

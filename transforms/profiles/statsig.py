@@ -1,0 +1,167 @@
+"""The ``statsig`` profile (seed 001): Statsig's S3 import layout, Parquet throughout.
+
+- ``events/<YYYY-MM-DD>/``: Statsig's event shape, days in ``timezone`` (default America/Los_Angeles, as
+  Statsig counts days in Pacific time):
+
+  | column | type | from |
+  |---|---|---|
+  | ``timestamp`` | int64 | ``timestamp`` as Unix epoch milliseconds (UTC) |
+  | ``event_name`` | string | ``event``, spaces as ``_`` (longer than 127 characters: dead letter) |
+  | ``event_value`` | string | ``properties.<value_property>`` (default ``value``) as text, else null |
+  | ``event_metadata`` | string | JSON object of ``properties`` with string values (never null) |
+  | ``user`` | string | JSON ``{"userID", "customIDs": {"stableID"}, "custom"}`` from ``user_id``, ``anonymous_id``, ``traits`` (needs one id: else dead letter) |
+  | ``timeuuid`` | string | ``event_id`` when a UUID, else a UUIDv5 of it (Statsig dedups on it) |
+
+- ``metrics/<YYYY-MM-DD>/``: the configured daily metrics per unit, computed from the day's published
+  event files once the day is complete: ``unit_id``, ``id_type`` (``user_id`` or ``stable_id``), ``date``
+  (string), ``metric_name``, ``metric_value``, ``numerator``, ``denominator`` (doubles; the unused ones null).
+- ``signals/<YYYY-MM-DD>/``: one row ``finished_date`` (string ``YYYY-MM-DD``) once the day is complete, or
+  a ``mark_data_ready`` call instead.
+
+A day is complete when the delivery watermark - the latest ``received_at`` of the events delivered (per
+run in batch, over the job's life in streaming) - has passed the day's end in ``timezone`` plus
+``allowed_lateness_seconds``, and the day's files are published. Days are finished in date order and the
+finishing stops at the first day that is not complete, so a day is never signalled before an earlier one.
+"""
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from transforms.profiles.maps import text
+
+EVENTS_SCHEMA = pa.schema([
+    pa.field("timestamp", pa.int64(), nullable=False),
+    pa.field("event_name", pa.string(), nullable=False),
+    pa.field("event_value", pa.string()),
+    pa.field("event_metadata", pa.string(), nullable=False),
+    pa.field("user", pa.string(), nullable=False),
+    pa.field("timeuuid", pa.string(), nullable=False),
+])
+METRICS_SCHEMA = pa.schema([
+    pa.field("unit_id", pa.string()),
+    pa.field("id_type", pa.string()),
+    pa.field("date", pa.string()),
+    pa.field("metric_name", pa.string()),
+    pa.field("metric_value", pa.float64()),
+    pa.field("numerator", pa.float64()),
+    pa.field("denominator", pa.float64()),
+])
+SIGNALS_SCHEMA = pa.schema([pa.field("finished_date", pa.string(), nullable=False)])
+_NAMESPACE = uuid.UUID("0b7c6a52-9d1e-4f3a-8c2b-5e6d7f8a9b0c")
+MAX_NAME = 127
+
+
+class NotForStatsig(ValueError):
+    """An event Statsig's contract cannot hold (a dead letter ``profile_rejected``)."""
+
+
+def timeuuid(event_id: str) -> str:
+    try:
+        return str(uuid.UUID(event_id))
+    except ValueError:
+        return str(uuid.uuid5(_NAMESPACE, event_id))
+
+
+def event_row(row: dict, value_property: str = "value") -> dict:
+    """One warehouse-profile row (JSON columns as text) -> a Statsig event row; raises ``NotForStatsig``."""
+    name = (row["event"] or "").replace(" ", "_")
+    if not name or len(name) > MAX_NAME:
+        raise NotForStatsig(f"event name must be 1 to {MAX_NAME} characters for Statsig")
+    if not row["user_id"] and not row["anonymous_id"]:
+        raise NotForStatsig("Statsig needs a userID or a customID (user_id or anonymous_id)")
+    props = orjson.loads(row["properties"]) if row["properties"] else {}
+    traits = orjson.loads(row["traits"]) if row["traits"] else {}
+    user = {}
+    if row["user_id"]:
+        user["userID"] = row["user_id"]
+    user["customIDs"] = {"stableID": row["anonymous_id"]} if row["anonymous_id"] else {}
+    if isinstance(traits, dict) and traits:
+        user["custom"] = traits
+    metadata = {k: text(v) for k, v in props.items() if v is not None} if isinstance(props, dict) else {}
+    value = props.get(value_property) if isinstance(props, dict) else None
+    return {"timestamp": row["timestamp_ms"], "event_name": name, "event_value": text(value),
+            "event_metadata": orjson.dumps(metadata).decode(), "user": orjson.dumps(user).decode(),
+            "timeuuid": timeuuid(row["event_id"])}
+
+
+def to_events(rows: pa.Table, value_property: str = "value"):
+    """``(table, rejected)``: Statsig event rows and ``(row index, reason)`` of the events it cannot hold."""
+    ms = pc.cast(pc.cast(rows["timestamp"], pa.int64()), pa.int64()).to_pylist()
+    out, rejected = [], []
+    source = rows.select(["event_id", "event", "anonymous_id", "user_id", "properties", "traits"]).to_pylist()
+    for i, row in enumerate(source):
+        row["timestamp_ms"] = ms[i] // 1000
+        try:
+            out.append(event_row(row, value_property))
+        except NotForStatsig as exc:
+            rejected.append((i, str(exc)))
+    return pa.Table.from_pylist(out, schema=EVENTS_SCHEMA), rejected
+
+
+def day_end_us(day: str, tz: str) -> int:
+    """The end of ``day`` (``YYYY-MM-DD``) in ``tz``, as UTC microseconds since the epoch."""
+    end = datetime.combine(date.fromisoformat(day) + timedelta(days=1), time(0), tzinfo=ZoneInfo(tz))
+    return int(end.timestamp()) * 1_000_000
+
+
+def complete_days(days, watermark_us: int, tz: str, lateness_s: float) -> list[str]:
+    """The days of ``days`` that are complete at ``watermark_us``, in date order, stopping at the first that is not."""
+    out = []
+    for day in sorted(days):
+        if watermark_us < day_end_us(day, tz) + int(lateness_s * 1_000_000):
+            break
+        out.append(day)
+    return out
+
+
+def _unit(user_json: str, id_type: str):
+    user = orjson.loads(user_json)
+    if id_type == "user_id":
+        return user.get("userID")
+    return (user.get("customIDs") or {}).get("stableID")
+
+
+def _number(value):
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number == number and abs(number) != float("inf") else None
+
+
+def compute_metrics(events: pa.Table, day: str, metrics: list) -> pa.Table:
+    """The day's metric rows from its Statsig event rows. Each metric: ``name``, ``event`` (an event name as
+    written, spaces as ``_``), ``aggregate`` (``count``, ``sum`` of ``property``, or ``ratio``: numerator the
+    sum of ``property``, denominator the count), ``id_type`` (``user_id`` or ``stable_id``)."""
+    acc: dict[tuple, list] = {}
+    rows = events.select(["event_name", "event_metadata", "user", "event_value"]).to_pylist()
+    for m in metrics:
+        event_name = m.event.replace(" ", "_")
+        for row in rows:
+            if row["event_name"] != event_name:
+                continue
+            unit = _unit(row["user"], m.id_type)
+            if unit is None:
+                continue
+            slot = acc.setdefault((m.name, m.id_type, unit, m.aggregate), [0.0, 0])
+            if m.aggregate != "count":
+                meta = orjson.loads(row["event_metadata"])
+                number = _number(meta.get(m.property))
+                if number is not None:
+                    slot[0] += number
+            slot[1] += 1
+    out = []
+    for (name, id_type, unit, aggregate), (total, count) in sorted(acc.items()):
+        value = float(count) if aggregate == "count" else total if aggregate == "sum" else None
+        out.append({"unit_id": unit, "id_type": id_type, "date": day, "metric_name": name, "metric_value": value,
+                    "numerator": total if aggregate == "ratio" else None,
+                    "denominator": float(count) if aggregate == "ratio" else None})
+    return pa.Table.from_pylist(out, schema=METRICS_SCHEMA)
