@@ -269,18 +269,24 @@ class _ParseBatchFn(beam.DoFn):
                 yield self._reject("too_large", "normalise", f"the event's JSON is {size} bytes, over {s.max_event_bytes}",
                                    orjson.dumps({"event_id": row[0], "event": row[2]}), row[0])
                 continue
-            for i in range(8):
-                cols[i].append(row[i])
-            for i, value in zip((8, 9, 10), encoded):
-                cols[i].append(value)
-            cols[11].append(_get_path(view, self._tenant_path))
-            cols[12].append(_get_path(view, self._app_path))
-            cols[13].append(dialect)
-            consent = view["context"].get("consent")
-            if not isinstance(consent, dict):
-                consent = {}
-            for j, purpose in enumerate(s.consent_purposes):
-                cols[14 + j].append(consent.get(purpose) is True)
+            self._append_row(cols, row, encoded, view, dialect)
+
+    def _append_row(self, cols, row, encoded, source: dict, dialect: str):
+        """One event's columns: canonical values, JSON columns as encoded, then tenant, app, dialect and one
+        consent flag per purpose, read from ``source`` (the raw Segment object, or another dialect's view)."""
+        for i in range(8):
+            cols[i].append(row[i])
+        for i, value in zip((8, 9, 10), encoded):
+            cols[i].append(value)
+        cols[11].append(_get_path(source, self._tenant_path))
+        cols[12].append(_get_path(source, self._app_path))
+        cols[13].append(dialect)
+        consent = source.get("context")
+        consent = consent.get("consent") if isinstance(consent, dict) else None
+        if not isinstance(consent, dict):
+            consent = {}
+        for j, purpose in enumerate(self._s.consent_purposes):
+            cols[14 + j].append(consent.get(purpose) is True)
 
     def _segment_envelope(self, obj: dict, now: int, cols: list):
         """A Segment HTTP API batch body (``{"batch": [...], "sentAt": ...}``): each event on its own; the
@@ -305,21 +311,8 @@ class _ParseBatchFn(beam.DoFn):
             row = segment.normalise(obj, s.source_id, now, self._max_past_us, self._max_future_us)
         except segment.Rejected as rej:
             return self._reject(rej.reason, "normalise", rej.error, line, rej.event_id)
-        for i in range(8):
-            cols[i].append(row[i])
-        for i in (8, 9, 10):
-            value = row[i]
-            cols[i].append(None if value is None else orjson.dumps(value))
-        cols[11].append(_get_path(obj, self._tenant_path))
-        cols[12].append(_get_path(obj, self._app_path))
-        cols[13].append("segment")
-        if s.consent_purposes:
-            consent = obj.get("context")
-            consent = consent.get("consent") if isinstance(consent, dict) else None
-            if not isinstance(consent, dict):
-                consent = {}
-            for j, purpose in enumerate(s.consent_purposes):
-                cols[14 + j].append(consent.get(purpose) is True)
+        self._append_row(cols, row, [None if row[i] is None else orjson.dumps(row[i]) for i in (8, 9, 10)],
+                         obj, "segment")
         return None
 
 
