@@ -48,7 +48,8 @@ def summarise(values: dict[str, int], integrations) -> dict:
             "dead_lettered": sum(shared_dead.values()) + sum(own_dead.values()),
             "sink_dead_letters": dict(sorted(own_dead.items())),
         }
-        for key in ("files", "files_already_present", "reports", "rows_inserted", "rows_already_present"):
+        for key in ("files", "files_already_present", "reports", "rows_inserted", "rows_already_present",
+                    "partitions_completed"):
             if key in own:
                 entry[key] = own[key]
         usage = tenant_usage(own)

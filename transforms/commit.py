@@ -114,6 +114,13 @@ class LocalStorage:
         with open(self.path(relative), "rb") as fh:
             return fh.read()
 
+    def remove(self, relative: str) -> None:
+        """Delete a file (bookkeeping markers); a missing one is fine."""
+        try:
+            os.unlink(self.path(relative))
+        except FileNotFoundError:
+            pass
+
 
 class BeamStorage:
     """A destination root on another Beam filesystem (hdfs://, azfs://, ...): write to a temp name,
@@ -158,6 +165,11 @@ class BeamStorage:
     def read(self, relative: str) -> bytes:
         with FileSystems.open(partitioning.join(self.root, relative)) as fh:
             return fh.read()
+
+    def remove(self, relative: str) -> None:
+        final = partitioning.join(self.root, relative)
+        if FileSystems.exists(final):
+            FileSystems.delete([final])
 
 
 def storage_for(root: str, **options):

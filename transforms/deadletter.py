@@ -45,6 +45,7 @@ REASONS = {
     "archive_unreadable": "regeneration: an archive line is not a row the files destination wrote",
     "profile_rejected": "the integration's output profile (hackle, statsig) cannot hold the event",
     "day_already_finished": "statsig: the event's day was already signalled as finished",
+    "partition_complete": "the event's partition was already marked complete (completion_marker)",
 }
 
 

@@ -259,3 +259,52 @@ def join(root: str, relative: str) -> str:
     """Join a destination root and a validated relative path (works for local paths and URLs)."""
     assert_relative_safe(relative)
     return root.rstrip("/") + "/" + relative
+
+
+# Completion (``completion_marker``): how long a partition's time span is, from its finest time placeholder.
+_SPANS = (("%S", "second"), ("%M", "minute"), ("_min15", "min15"), ("_min30", "min30"), ("%H", "hour"),
+          ("%d", "day"), ("%m", "month"), ("%Y", "year"))
+
+
+def time_span(template: Template) -> str | None:
+    """The span one partition of ``template`` covers (``second`` ... ``year``), or None when the template
+    has no time placeholder (its partitions never end)."""
+    for code, span in _SPANS:
+        if code in template.strftime or code in template.fields:
+            return span
+    return None
+
+
+def partition_end_us(template: Template, time_us: int, tz: str = "UTC") -> int | None:
+    """When the partition holding an event at ``time_us`` ends (exclusive, epoch µs), days and hours as the
+    clock in ``tz`` shows them (a local day may last 23 or 25 hours). None when partitions never end.
+
+    >>> partition_end_us(parse_template("date={date}/hour={HH}"), 1769662800_000000)  # 05:00Z
+    1769666400000000
+    >>> partition_end_us(parse_template("{date}"), 1769662800_000000, "America/Los_Angeles")  # 08:00Z, the 29th
+    1769673600000000
+    """
+    from datetime import datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    span = time_span(template)
+    if span is None:
+        return None
+    zone = ZoneInfo(tz)
+    t = datetime.fromtimestamp(time_us // 1_000_000, zone).replace(tzinfo=None)  # the wall clock in tz
+    if span == "year":
+        end = datetime(t.year + 1, 1, 1)
+    elif span == "month":
+        end = datetime(t.year + (t.month == 12), t.month % 12 + 1, 1)
+    elif span == "day":
+        end = datetime(t.year, t.month, t.day) + timedelta(days=1)
+    else:
+        minutes = {"hour": 60, "min30": 30, "min15": 15, "minute": 1}.get(span)
+        if minutes is None:  # second
+            end = t.replace(microsecond=0) + timedelta(seconds=1)
+        else:
+            start = t.replace(minute=t.minute - t.minute % minutes, second=0, microsecond=0)
+            end = start + timedelta(minutes=minutes)
+    # The end as a wall-clock time in tz; of its two readings the later one, so that a repeated hour is
+    # whole and an end skipped by a clock change is the moment of the jump.
+    return max(int(end.replace(tzinfo=zone, fold=f).timestamp()) for f in (0, 1)) * 1_000_000

@@ -83,7 +83,8 @@ def test_statsig_days_are_signalled_only_when_complete(tmp_path):
              event(3, "2026-01-29T07:00:00Z", "2026-01-29T07:00:01Z", user="u2", revenue=1),
              event(4, "2026-01-29T20:00:00Z", "2026-01-29T20:00:01Z", revenue=2),  # the 29th, still open
              event(5, "2026-01-29T21:00:00Z", "2026-01-29T21:00:00Z", event="x" * 200)]  # too long for Statsig
-    run(tmp_path / "r1", first, config)
+    summary = run(tmp_path / "r1", first, config)
+    assert summary["integrations"]["out"]["partitions_completed"] == 1
     assert sorted(p.parent.name for p in (out / "events").rglob("*.parquet")) == ["2026-01-28", "2026-01-29"]
     # The 28th ended 08:00Z on the 29th; + 1 h lateness = 09:00Z, passed by the data (20:00Z). The 29th has not.
     assert sorted(p.parent.name for p in (out / "signals").rglob("*.parquet")) == ["2026-01-28"]

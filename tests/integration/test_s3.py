@@ -417,3 +417,75 @@ def test_default_credential_chain_and_files_vendor_on_s3(moto_server, tmp_path, 
         endpoint_override=moto_server.url, access_key="x", secret_key="x", scheme="http", region="us-east-1"),
         format="parquet", partitioning="hive", exclude_invalid_files=True).to_table(columns=["event_id", "year"])
     assert sorted(table["event_id"].to_pylist()) == sorted(truth["unique"])
+
+
+def test_statsig_days_and_completion_markers_on_s3(moto_server, tmp_path):
+    """Completion reads back what it wrote (list, get and delete in the bucket): Statsig's metrics and day
+    signal, and a _SUCCESS marker per hour, appear on S3 only once received data passed the end plus the
+    lateness; the bookkeeping markers end up as ``_complete/`` only; a late event is a dead letter."""
+    import pyarrow.parquet as pq
+
+    s3 = client(moto_server)
+    s3.create_bucket(Bucket="complete-bucket")
+    base = {k: v for k, v in seed_s3_config(moto_server.url)["config"].items()
+            if k not in ("file_format", "compression", "prefix")}
+    base["bucket"] = "complete-bucket"
+    items = [{"source_id": "src_abc123", "vendor": "s3", "name": "Statsig", "config": {
+                 **base, "prefix": "statsig/", "profile": "statsig", "statsig": {
+                     "metrics": [{"name": "orders", "event": "Order Completed", "aggregate": "count"}]}}},
+             {"source_id": "src_abc123", "vendor": "s3", "name": "Hourly", "config": {
+                 **base, "prefix": "hourly/", "partition_by": "date={date}/hour={HH}",
+                 "completion_marker": "_SUCCESS", "completion_lateness_seconds": 600}}]
+    (tmp_path / "i.json").write_bytes(orjson.dumps(items))
+
+    def line(n, ts, received):
+        return orjson.dumps({"type": "track", "event": "Order Completed", "userId": f"u{n % 2}",
+                             "messageId": f"m-{n}", "timestamp": ts, "receivedAt": received})
+
+    def run(name, lines):
+        (tmp_path / name).mkdir()
+        argv = [f"--integrations={tmp_path / 'i.json'}", f"--input={write_input(tmp_path / name, lines)}",
+                f"--dead_letter={tmp_path / name / 'dead'}", RUNNER]
+        assert deliver.run(argv) == 0
+        return sorted(orjson.loads(x)["reason"] for p in (tmp_path / name / "dead").rglob("*.ndjson")
+                      for x in p.read_bytes().splitlines())
+
+    # The 28th (Pacific) ends 08:00Z on the 29th: 08:30Z is past the end, not past the end + 1 h.
+    assert run("r1", [line(1, "2026-01-29T05:00:00Z", "2026-01-29T05:00:01Z"),
+                      line(2, "2026-01-29T06:00:00Z", "2026-01-29T06:00:01Z"),
+                      line(3, "2026-01-29T08:20:00Z", "2026-01-29T08:30:00Z")]) == []
+    keys = all_keys(s3, "complete-bucket")
+    assert not [k for k in keys if "/signals/" in k or "/metrics/" in k]
+    # hours 05 and 06 ended by 07:00Z (+10 min): complete; hour 08 is not
+    assert sorted(k for k in keys if k.endswith("_SUCCESS")) == [
+        "hourly/date=2026-01-29/hour=05/_SUCCESS", "hourly/date=2026-01-29/hour=06/_SUCCESS"]
+    assert len([k for k in keys if k.startswith("hourly/_pending/")]) == 1       # hour 08 waits
+    assert len([k for k in keys if k.startswith("statsig/_pending/")]) == 2      # the 28th and the 29th
+
+    assert run("r2", [line(4, "2026-01-29T07:00:00Z", "2026-01-29T08:40:00Z"),  # joins the 28th and hour 07
+                      line(5, "2026-01-29T09:30:00Z", "2026-01-29T09:30:00Z"),
+                      line(6, "2026-01-29T05:30:00Z", "2026-01-29T09:30:00Z")]) == ["partition_complete"]
+    keys = all_keys(s3, "complete-bucket")
+    signals = [k for k in keys if k.startswith("statsig/signals/")]
+    assert signals == ["statsig/signals/2026-01-28/finished_date-2026-01-28.parquet"]
+    metrics_key = next(k for k in keys if k.startswith("statsig/metrics/2026-01-28/"))
+    body = s3.get_object(Bucket="complete-bucket", Key=metrics_key)["Body"].read()
+    metrics = pq.read_table(pa_buffer(body)).to_pylist()
+    # the run's data is all written before its completion: m-6 (hour 05 already complete) is in the day
+    assert sorted((r["unit_id"], r["metric_value"]) for r in metrics) == [("u0", 3.0), ("u1", 1.0)]
+    marker = orjson.loads(s3.get_object(Bucket="complete-bucket",
+                                        Key="hourly/date=2026-01-29/hour=05/_SUCCESS")["Body"].read())
+    assert marker["files"] and all(f"hourly/date=2026-01-29/hour=05/{f}" in keys for f in marker["files"])
+    pending = [orjson.loads(s3.get_object(Bucket="complete-bucket", Key=k)["Body"].read())["partition"]
+               for k in keys if k.startswith("statsig/_pending/")]
+    assert pending == ["events/2026-01-29"]  # the 28th's pending marker was removed once complete
+    assert len([k for k in keys if k.startswith("statsig/_complete/")]) == 1
+    assert sorted(k for k in keys if k.endswith("_SUCCESS")) == [
+        "hourly/date=2026-01-29/hour=05/_SUCCESS", "hourly/date=2026-01-29/hour=06/_SUCCESS",
+        "hourly/date=2026-01-29/hour=07/_SUCCESS", "hourly/date=2026-01-29/hour=08/_SUCCESS"]
+
+
+def pa_buffer(body: bytes):
+    import pyarrow as pa
+
+    return pa.BufferReader(body)

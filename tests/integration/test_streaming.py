@@ -8,6 +8,7 @@ from pathlib import Path
 
 import apache_beam as beam
 import orjson
+import pyarrow.parquet as pq
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_stream import TestStream
@@ -16,6 +17,7 @@ from apache_beam.transforms.window import TimestampedValue
 from pipelines import deliver
 from transforms.integrations import validate_integrations
 from transforms.parse import ParseSettings
+from transforms.profiles import statsig
 
 pytestmark = pytest.mark.timeout(300)
 T0 = datetime(2026, 3, 2, 10, 0, 0, tzinfo=timezone.utc)  # arrival of the first events
@@ -109,6 +111,64 @@ def test_late_events_land_in_their_old_partition_and_too_late_ones_are_dead_lett
     dead = [orjson.loads(x) for p in (tmp_path / "dead").rglob("*.ndjson") for x in p.read_bytes().splitlines()]
     assert [(d["reason"], d["event_id"]) for d in dead] == [("too_late", "m-400")]
 
+
+def test_partitions_and_statsig_days_complete_only_once_received_data_passes_their_end(tmp_path):
+    """Completion in streaming (issue 6.5, issue 8's Statsig signal): a partition gets its marker, and a
+    Statsig day its finished_date, in the first batch whose data was received past the partition's end
+    plus the lateness - not before (a late event inside the lateness still joins the day), and an event
+    for a completed partition afterwards is a dead letter, never a file beside the marker."""
+    day_end = datetime(2026, 3, 3, 8, 0, tzinfo=timezone.utc)  # 2026-03-02 ends at 08:00Z in Los Angeles
+    batches = [  # (arrival, events): each arrival is one batch
+        (day_end - timedelta(minutes=30), [event(i, day_end - timedelta(minutes=30, seconds=-i)) for i in range(3)]),
+        # received past the end of hour 07 and of the day, not past the lateness: nothing completes
+        (day_end + timedelta(minutes=15), [event(5, day_end + timedelta(minutes=10), day_end + timedelta(minutes=15))]),
+        # a late event inside the lateness still joins hour 07 and the day
+        (day_end + timedelta(minutes=30), [event(10, day_end - timedelta(minutes=10), day_end + timedelta(minutes=30))]),
+        # received past 09:00Z: hour 07 and the day are complete
+        (day_end + timedelta(minutes=90), [event(20, day_end + timedelta(minutes=89), day_end + timedelta(minutes=90))]),
+        # now too late for them (not for the stream: 1 day), so dead letters
+        (day_end + timedelta(minutes=100), [event(30, day_end - timedelta(minutes=1), day_end + timedelta(minutes=100))]),
+    ]
+    stream = TestStream().advance_watermark_to(batches[0][0].timestamp())
+    for at, lines in batches:
+        stream = stream.add_elements(arrive(lines, at)).advance_processing_time(30)
+    stream = stream.advance_watermark_to_infinity()
+    integrations, errors = validate_integrations([
+        {"source_id": "src", "vendor": "files", "name": "Lake", "config": {
+            "path": str(tmp_path / "lake"), "file_format": "json", "batch_interval_seconds": 10,
+            "partition_by": "date={date}/hour={HH}", "completion_marker": "_SUCCESS",
+            "completion_lateness_seconds": 3600}},
+        {"source_id": "src", "vendor": "files", "name": "Statsig", "config": {
+            "path": str(tmp_path / "statsig"), "profile": "statsig", "batch_interval_seconds": 10,
+            "statsig": {"allowed_lateness_seconds": 3600,
+                        "metrics": [{"name": "orders", "event": "Order Completed", "aggregate": "count",
+                                     "id_type": "stable_id"}]}}}])
+    assert not errors
+    settings = ParseSettings(source_id="src")
+    with beam.Pipeline(options=PipelineOptions(["--runner=BundleBasedDirectRunner", "--streaming"])) as p:
+        deliver.build_pipeline(p, [], integrations, settings, str(tmp_path / "dead"), stream={
+            "source": p | stream, "dedup_window_seconds": 3600, "allowed_lateness_seconds": 86_400,
+            "clock": lambda: 0})
+
+    lake = tmp_path / "lake"
+    markers = {m.parent.relative_to(lake).as_posix(): orjson.loads(m.read_bytes()) for m in lake.rglob("_SUCCESS")}
+    assert sorted(markers) == ["date=2026-03-03/hour=07"]  # hours 08 and 09 are still open
+    hour7 = lake / "date=2026-03-03" / "hour=07"
+    assert markers["date=2026-03-03/hour=07"]["partition"] == "date=2026-03-03/hour=07"
+    assert sorted(markers["date=2026-03-03/hour=07"]["files"]) == sorted(p.name for p in hour7.glob("*.json.gz"))
+    assert sorted(i for ids in files_in(hour7).values() for i in ids) == ["m-0", "m-1", "m-10", "m-2"]
+
+    statsig_root = tmp_path / "statsig"
+    assert [p.parent.name for p in (statsig_root / "signals").rglob("*.parquet")] == ["2026-03-02"]
+    day = pq.read_table(statsig_root / "events" / "2026-03-02").to_pylist()
+    assert sorted(r["timeuuid"] for r in day) == sorted(statsig.timeuuid(f"m-{i}") for i in (0, 1, 2, 10))
+    metrics = pq.read_table(statsig_root / "metrics" / "2026-03-02").to_pylist()
+    assert sum(r["metric_value"] for r in metrics) == 4  # the day's metrics include the late event
+    assert not (statsig_root / "signals" / "2026-03-03").exists()  # received data has not passed its end
+
+    dead = [orjson.loads(x) for p in (tmp_path / "dead").rglob("*.ndjson") for x in p.read_bytes().splitlines()]
+    assert sorted((d["reason"], d["event_id"]) for d in dead) == [
+        ("day_already_finished", "m-30"), ("partition_complete", "m-30")]
 
 
 def test_watched_prefix_is_refused_on_the_local_streaming_engine(tmp_path, capsys):

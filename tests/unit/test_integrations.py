@@ -62,3 +62,20 @@ def test_validate_cli_ok_and_bad_json(tmp_path, capsys):
     bad.write_text("[{")
     assert validate.main([str(bad)]) == 2
     assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_completion_marker_settings():
+    [integ], errors = validate_integrations([files(completion_marker="_SUCCESS", partition_by="{date}")])
+    assert errors == [] and integ.config.completes_partitions()
+    assert integ.config.completion_lateness_us() == 3_600_000_000  # default: an hour
+    for bad, says in [(files(completion_marker="_SUCCESS", partition_by="tenant={tenant_id}"), "time placeholder"),
+                      (files(completion_marker="SUCCESS"), "completion_marker"),      # readers would read it
+                      (files(completion_marker="_a/b"), "completion_marker"),
+                      (files(completion_marker="_S", completion_lateness_seconds=-1), "completion_lateness")]:
+        _, errors = validate_integrations([bad])
+        assert len(errors) == 1 and says in errors[0], errors
+    sftp = {"source_id": "s", "vendor": "sftp", "name": "Drop", "config": {
+        "host": "127.0.0.1", "username": "u", "password": "p", "verify_host_key": False,
+        "completion_marker": "_SUCCESS"}}
+    _, errors = validate_integrations([sftp])
+    assert len(errors) == 1 and "need a files, s3 or gcs destination" in errors[0]

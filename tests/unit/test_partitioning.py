@@ -66,3 +66,40 @@ def test_batch_ids_and_names_are_deterministic():
     assert a != P.batch_id("i", "p", ["e1", "e3"]) != P.batch_id("j", "p", ["e1", "e2"])
     assert P.file_name("events", 1706540000, a, ".json.gz") == f"events-1706540000-{a}.json.gz"
     assert P.generation_id(["b", "a"]) == P.generation_id(["a", "b"])
+
+
+def _us(text: str) -> int:
+    from datetime import datetime
+
+    return int(datetime.fromisoformat(text).timestamp()) * 1_000_000
+
+
+@pytest.mark.parametrize("template,at,tz,end", [
+    ("year={yyyy}/month={MM}/day={dd}/hour={HH}", "2026-01-29T14:30:00+00:00", "UTC", "2026-01-29T15:00:00+00:00"),
+    ("{date}", "2026-01-29T23:59:59+00:00", "UTC", "2026-01-30T00:00:00+00:00"),
+    ("{yyyy}/{MM}", "2026-12-31T10:00:00+00:00", "UTC", "2027-01-01T00:00:00+00:00"),
+    ("{yyyy}", "2026-06-01T00:00:00+00:00", "UTC", "2027-01-01T00:00:00+00:00"),
+    ("{date}/min={min15}", "2026-01-29T14:44:59+00:00", "UTC", "2026-01-29T14:45:00+00:00"),
+    ("{date}/min={min30}", "2026-01-29T14:44:59+00:00", "UTC", "2026-01-29T15:00:00+00:00"),
+    ("{date}/{HH}{mm}", "2026-01-29T14:44:59+00:00", "UTC", "2026-01-29T14:45:00+00:00"),
+    ("{date}/{HH}{mm}{ss}", "2026-01-29T14:44:59+00:00", "UTC", "2026-01-29T14:45:00+00:00"),
+    # days and hours as Los Angeles' clock shows them: 05:00Z is 21:00 of the 28th (PST, UTC-8)
+    ("{date}", "2026-01-29T05:00:00+00:00", "America/Los_Angeles", "2026-01-29T08:00:00+00:00"),
+    # a 23-hour day (clocks spring forward on 2026-03-08) and a 25-hour one (fall back on 2026-11-01)
+    ("{date}", "2026-03-08T12:00:00+00:00", "America/Los_Angeles", "2026-03-09T07:00:00+00:00"),
+    ("{date}", "2026-11-01T12:00:00+00:00", "America/Los_Angeles", "2026-11-02T08:00:00+00:00"),
+    # hour 01 on the fall-back day happens twice: its partition ends after the second one (02:00 PST)
+    ("{date}/{HH}", "2026-11-01T08:30:00+00:00", "America/Los_Angeles", "2026-11-01T10:00:00+00:00"),
+    ("{date}/{HH}", "2026-11-01T09:30:00+00:00", "America/Los_Angeles", "2026-11-01T10:00:00+00:00"),
+    # hour 01 on the spring-forward day ends when the clock jumps from 02:00 PST to 03:00 PDT
+    ("{date}/{HH}", "2026-03-08T09:30:00+00:00", "America/Los_Angeles", "2026-03-08T10:00:00+00:00"),
+    # a half-hour zone: hours end at :30 UTC
+    ("{date}/{HH}", "2026-01-29T14:10:00+00:00", "Asia/Kolkata", "2026-01-29T14:30:00+00:00"),
+])
+def test_partition_end_in_its_time_zone(template, at, tz, end):
+    assert P.partition_end_us(P.parse_template(template), _us(at), tz) == _us(end)
+
+
+def test_partitions_without_time_never_end():
+    template = P.parse_template("tenant_id={tenant_id}/type={type}")
+    assert P.time_span(template) is None and P.partition_end_us(template, _us("2026-01-29T00:00:00+00:00")) is None

@@ -19,9 +19,10 @@
   a ``mark_data_ready`` call instead.
 
 A day is complete when the delivery watermark - the latest ``received_at`` of the events delivered (per
-run in batch, over the job's life in streaming) - has passed the day's end in ``timezone`` plus
-``allowed_lateness_seconds``, and the day's files are published. Days are finished in date order and the
-finishing stops at the first day that is not complete, so a day is never signalled before an earlier one.
+run in batch, per batch in streaming) - has passed the day's end in ``timezone`` plus
+``allowed_lateness_seconds``, and the day's files are published (``transforms.sinks.files``, the same
+completion that writes ``completion_marker`` files). Days are finished in date order and the finishing
+stops at the first day that is not complete, so a day is never signalled before an earlier one.
 """
 from __future__ import annotations
 
@@ -108,16 +109,6 @@ def day_end_us(day: str, tz: str) -> int:
     """The end of ``day`` (``YYYY-MM-DD``) in ``tz``, as UTC microseconds since the epoch."""
     end = datetime.combine(date.fromisoformat(day) + timedelta(days=1), time(0), tzinfo=ZoneInfo(tz))
     return int(end.timestamp()) * 1_000_000
-
-
-def complete_days(days, watermark_us: int, tz: str, lateness_s: float) -> list[str]:
-    """The days of ``days`` that are complete at ``watermark_us``, in date order, stopping at the first that is not."""
-    out = []
-    for day in sorted(days):
-        if watermark_us < day_end_us(day, tz) + int(lateness_s * 1_000_000):
-            break
-        out.append(day)
-    return out
 
 
 def _unit(user_json: str, id_type: str):

@@ -135,6 +135,11 @@ class FileOutputConfig(BaseDestinationConfig):
     quota: Quota | None = None
     schedule_minutes: Literal[15, 30, 60] | None = Field(
         None, description="scheduled export (seed 002): in streaming, deliver every N minutes all that arrived")
+    completion_marker: str | None = Field(
+        None, pattern=r"^_[A-Za-z0-9_.-]{1,63}$",
+        description="write this file (e.g. _SUCCESS) into each time partition once it is complete")
+    completion_lateness_seconds: float = Field(
+        3600, ge=0, description="a partition is complete when delivered data was received this long after its end")
 
     @model_validator(mode="before")
     @classmethod
@@ -186,6 +191,21 @@ class FileOutputConfig(BaseDestinationConfig):
             if any(code in fields.strftime for code in ("%H", "%M", "%S")) or {"_min15", "_min30"} & set(fields.fields):
                 raise ValueError("profile hackle stores data by day: partition_by must not go below a day")
         return self
+
+    @model_validator(mode="after")
+    def _completion(self):
+        if self.completion_marker is not None and \
+                partitioning.time_span(partitioning.parse_template(self.partition_by)) is None:
+            raise ValueError("completion_marker needs a time placeholder in partition_by (partitions must end)")
+        return self
+
+    def completes_partitions(self) -> bool:
+        """Whether partitions are tracked until complete (a completion marker, or Statsig's day signal)."""
+        return self.completion_marker is not None or self.profile == "statsig"
+
+    def completion_lateness_us(self) -> int:
+        seconds = self.statsig.allowed_lateness_seconds if self.profile == "statsig" else self.completion_lateness_seconds
+        return int(seconds * 1_000_000)
 
     @field_validator("file_name")
     @classmethod
@@ -364,6 +384,8 @@ class _WritePartitionFn(beam.DoFn):
         self._delivered = Metrics.counter(deadletter.NAMESPACE, f"{self._iid}.delivered")
         self._files = Metrics.counter(deadletter.NAMESPACE, f"{self._iid}.files")
         self._present = Metrics.counter(deadletter.NAMESPACE, f"{self._iid}.files_already_present")
+        self._template = partitioning.parse_template(c.partition_by)
+        self._pending_known: set[tuple[int, str]] = set()  # (storage, partition) with a pending marker
 
     def _storage(self, route_key: str):
         if route_key not in self._storages:
@@ -383,10 +405,12 @@ class _WritePartitionFn(beam.DoFn):
         if problem is not None:  # fail closed: never unencrypted, never under another key
             yield from sink_dead_letters(self._iid, "encryption_key_unusable", rows, problem, with_payload=False)
             return
+        if self._config.completes_partitions():
+            rows = yield from self._completion_check(storage, partition, rows)
         if self._config.profile == "statsig":
-            rows = yield from self._statsig_checks(storage, partition, rows)
-            if rows.num_rows == 0:
-                return
+            rows = yield from self._statsig_checks(rows)
+        if rows.num_rows == 0:
+            return
         for number, start in enumerate(range(0, rows.num_rows, self._config.batch_size), 1):
             chunk = rows.slice(start, self._config.batch_size)
             try:
@@ -396,14 +420,21 @@ class _WritePartitionFn(beam.DoFn):
                 continue
             yield {**record, "route": route_key, **({"tenant": tenant} if tenant is not None else {})}
 
-    def _statsig_checks(self, storage, partition: str, rows):
-        """Dead-letter what Statsig cannot take: events its contract cannot hold, and events of a day already
-        signalled as finished (Statsig would never read them). Returns the rest."""
-        day = partition.rsplit("/", 1)[-1]
-        if storage.lookup(statsig_signal_name(day)) is not None:
-            yield from sink_dead_letters(self._iid, "day_already_finished", rows,
-                                         f"{day} was already signalled as finished to Statsig")
-            return rows.slice(0, 0)
+    def _completion_check(self, storage, partition: str, rows):
+        """Events of a partition already marked complete are dead letters: readers that trust the marker (or
+        Statsig, which never re-reads a finished day) would never see them. Returns the rows to write."""
+        if storage.lookup(complete_name(partition)) is None:
+            return rows
+        if self._config.profile == "statsig":
+            day = partition.rsplit("/", 1)[-1]
+            reason, error = "day_already_finished", f"{day} was already signalled as finished to Statsig"
+        else:
+            reason, error = "partition_complete", f"{partition} was already marked complete"
+        yield from sink_dead_letters(self._iid, reason, rows, error)
+        return rows.slice(0, 0)
+
+    def _statsig_checks(self, rows):
+        """Dead-letter the events Statsig's contract cannot hold. Returns the rest."""
         _, rejected = statsig_profile.to_events(to_warehouse(rows), self._config.statsig.value_property)
         if not rejected:
             return rows
@@ -436,10 +467,14 @@ class _WritePartitionFn(beam.DoFn):
         data = formats.encode(c.file_format, self._profile_table(rows), c.compression, **self._options)
         record = commit.publish_batch(storage, name_for, data, rows.num_rows, batch=batch,
                                       content_addressed=self._names.content_addressed, partition=partition)
-        if c.profile == "statsig":
-            # The day has data: remember it (in the destination, so a later run finishes it) and how far
-            # the delivered data reaches (the watermark the day's completeness is judged by).
-            storage.put_if_absent(statsig_pending_name(partition.rsplit("/", 1)[-1]), b"", {})
+        if c.completes_partitions():
+            # The partition has data: remember it and its end (in the destination, so a later run completes
+            # it) and how far the delivered data reaches (the watermark completeness is judged by).
+            if (id(storage), partition) not in self._pending_known:
+                end_us = partitioning.partition_end_us(self._template, first_us, c.partition_timezone)
+                storage.put_if_absent(pending_name(partition),
+                                      orjson.dumps({"partition": partition, "end_us": end_us}), {})
+                self._pending_known.add((id(storage), partition))
             record["max_received_at_us"] = pc.max(rows["received_at"]).value
         self._delivered.inc(rows.num_rows)
         self._files.inc()
@@ -457,45 +492,93 @@ class _WritePartitionFn(beam.DoFn):
         return record
 
 
-def statsig_pending_name(day: str) -> str:
-    return f"_pending/{day}"
+def _marker_token(partition: str) -> str:
+    # Partition paths can be long and hold any character: the markers are named by a digest.
+    import hashlib
+
+    return hashlib.sha256(partition.encode()).hexdigest()[:32]
 
 
-def statsig_signal_name(day: str) -> str:
-    """The marker that ``day`` was signalled (written after the signal file or the mark-ready call)."""
-    return f"_finished/{day}"
+def pending_name(partition: str) -> str:
+    """The marker that ``partition`` has data and is not complete yet (holds the partition and its end)."""
+    return f"_pending/{_marker_token(partition)}"
 
 
-class _FinishStatsigDaysFn(beam.DoFn):
-    """``(integration, file records)`` -> for each day now complete (see ``transforms.profiles.statsig``), in
-    date order: its metrics from its published event files, then its ``finished_date`` signal (or the
-    mark-data-ready call). Yields one record per finished day."""
+def complete_name(partition: str) -> str:
+    """The marker that ``partition`` was completed (written after its completion marker or signal)."""
+    return f"_complete/{_marker_token(partition)}"
+
+
+class _CompletePartitionsFn(beam.DoFn):
+    """``(route, file records)`` -> each partition of the route that is now complete, in the order the
+    partitions end, stopping at the first that is not: its completion marker, written after its files
+    (``completion_marker``), and for Statsig the day's metrics and ``finished_date`` signal (or the
+    mark-data-ready call). Yields one record per completed partition.
+
+    Complete means: the watermark - the latest ``received_at`` of the delivered events, per run in batch,
+    per batch in streaming - has passed the partition's end plus the lateness. Events are never accepted
+    later than the stream's allowed lateness after their time, and events for a completed partition are
+    dead letters (``partition_complete``), so a marker never sits beside data written after it."""
 
     def __init__(self, integration_id: str, config: FileOutputConfig):
         self._iid, self._config = integration_id, config
 
+    def setup(self):
+        self._completed = Metrics.counter(deadletter.NAMESPACE, f"{self._iid}.partitions_completed")
+
     def process(self, element):
         route_key, files = element
-        files = list(files)
         watermarks = [f["max_received_at_us"] for f in files if "max_received_at_us" in f]
         if not watermarks:
             return
-        settings = self._config.statsig
+        watermark = max(watermarks)
         storage = self._config.open_storage(Route.from_key(route_key))
-        pending = {n.rsplit("/", 1)[-1] for n in storage.list_names("_pending")}
-        finished = {n.rsplit("/", 1)[-1] for n in storage.list_names("_finished")}
-        for day in statsig_profile.complete_days(pending - finished, max(watermarks), settings.timezone,
-                                                 settings.allowed_lateness_seconds):
-            yield self._finish(storage, day)
+        lateness = self._config.completion_lateness_us()
+        for end_us, partition, name in sorted(self._pending(storage)):
+            if watermark < end_us + lateness:
+                break
+            if storage.lookup(complete_name(partition)) is None:
+                yield self._complete(storage, partition, end_us)
+            storage.remove(name)
 
-    def _finish(self, storage, day: str) -> dict:
+    @staticmethod
+    def _pending(storage):
+        for name in storage.list_names("_pending"):
+            try:
+                info = orjson.loads(storage.read(name))
+            except Exception:  # removed meanwhile by another worker completing it
+                if storage.lookup(name) is None:
+                    continue
+                raise
+            yield info["end_us"], info["partition"], name
+
+    def _complete(self, storage, partition: str, end_us: int) -> dict:
+        from transforms.timestamps import format_us
+
+        c = self._config
+        out = {"partition": partition, "end": format_us(end_us)}
+        if c.completion_marker is not None:
+            names = [n.rsplit("/", 1)[-1] for n in storage.list_names(partition)]
+            files = [n for n in names if not n.startswith(("_", "."))]
+            body = orjson.dumps({"partition": partition, "end": out["end"], "files": files},
+                                option=orjson.OPT_INDENT_2)
+            # An earlier attempt's marker stands (it listed the same files: none were accepted since).
+            storage.put_if_absent(f"{partition}/{c.completion_marker}", body, {})
+            out.update(marker=f"{partition}/{c.completion_marker}", files=len(files))
+        if c.profile == "statsig":
+            out.update(self._finish_statsig_day(storage, partition))
+        storage.put_if_absent(complete_name(partition), partition.encode(), {})
+        self._completed.inc()
+        return out
+
+    def _finish_statsig_day(self, storage, partition: str) -> dict:
         import hashlib
         import io
 
         import pyarrow.parquet as pq
 
-        settings = self._config.statsig
-        names = [n for n in storage.list_names(f"events/{day}") if n.endswith(".parquet")]
+        settings, day = self._config.statsig, partition.rsplit("/", 1)[-1]
+        names = [n for n in storage.list_names(partition) if n.endswith(".parquet")]
         events = pa.concat_tables([pq.read_table(io.BytesIO(storage.read(n))) for n in names]) if names \
             else statsig_profile.EVENTS_SCHEMA.empty_table()
         out = {"day": day, "event_files": len(names), "events": events.num_rows}
@@ -510,8 +593,6 @@ class _FinishStatsigDaysFn(beam.DoFn):
             out["signal"] = commit.publish_bytes(storage, f"signals/{day}/finished_date-{day}.parquet", data, 1)
         else:
             out["signal"] = mark_data_ready(settings, day)
-        storage.put_if_absent(statsig_signal_name(day), b"", {})
-        Metrics.counter(deadletter.NAMESPACE, f"{self._iid}.days_finished").inc()
         return out
 
 
@@ -578,10 +659,11 @@ class WriteEventsToFiles(beam.PTransform):
                    | "WriteReport" >> beam.ParDo(_WriteReportFn(integ.integration_id, self._vendor, integ.config)))
         dead = (keyed[DEAD_LETTERS], written[DEAD_LETTERS]) | "FlattenSinkDeadLetters" >> beam.Flatten()
         out = {"files": written.files, "reports": reports, "dead_letters": dead}
-        if integ.config.profile == "statsig":
+        if integ.config.completes_partitions():
             # After the files (the grouping waits for every file of the run, or of the streaming batch).
-            out["finished_days"] = (written.files
-                                    | "KeyDaysByRoute" >> beam.Map(lambda f: (f["route"], f))
-                                    | "CollectForDays" >> beam.GroupByKey()
-                                    | "FinishDays" >> beam.ParDo(_FinishStatsigDaysFn(integ.integration_id, integ.config)))
+            out["completed"] = (written.files
+                                | "KeyForCompletion" >> beam.Map(lambda f: (f["route"], f))
+                                | "CollectForCompletion" >> beam.GroupByKey()
+                                | "CompletePartitions" >> beam.ParDo(
+                                    _CompletePartitionsFn(integ.integration_id, integ.config)))
         return out

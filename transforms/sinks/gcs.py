@@ -147,6 +147,15 @@ class GCSStorage:
     def read(self, relative: str) -> bytes:
         return self._bucket().blob(self.prefix + relative).download_as_bytes(timeout=120, retry=self._retry())
 
+    def remove(self, relative: str) -> None:
+        """Delete one object (bookkeeping markers; needs storage.objects.delete); a missing one is fine."""
+        from google.api_core import exceptions as gexc
+
+        try:
+            self._bucket().blob(self.prefix + relative).delete(timeout=60, retry=self._retry())
+        except gexc.NotFound:
+            pass
+
     def lookup(self, relative: str) -> dict | None:
         from google.api_core import exceptions as gexc
 

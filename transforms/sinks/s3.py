@@ -172,6 +172,10 @@ class S3Storage:
                 raise commit.PublishError(f"{self.bucket}: could not delete {len(errors)} staged object(s), "
                                           f"e.g. {errors[0].get('Key')} ({errors[0].get('Code')})")
 
+    def remove(self, relative: str) -> None:
+        """Delete one object (bookkeeping markers; needs s3:DeleteObject)."""
+        self.delete([relative])
+
     def list_names(self, folder: str) -> list[str]:
         """Relative names of the objects directly under ``folder`` (needs s3:ListBucket)."""
         base = self.key(folder) + "/"

@@ -87,6 +87,9 @@ class SFTPConfig(FileOutputConfig):
                              "false on a test network")
         if "{id}" not in self.file_name:
             raise ValueError("sftp: file_name must contain {id} (names cannot be checked back on an sFTP server)")
+        if self.completes_partitions():
+            # Partitions are parts of file names here, with no folder to hold a marker or bookkeeping.
+            raise ValueError("sftp: completion_marker and the statsig profile need a files, s3 or gcs destination")
         return self
 
     def open_storage(self, route: Route) -> "SFTPStorage":
