@@ -155,3 +155,42 @@ def test_service_account_by_reference(gcs_server, tmp_path, caplog):
     assert [n for n in blobs(gcs_client(gcs_server), "gcs-sa") if "_reports/" not in n]
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "BEGIN PRIVATE KEY" not in text and "kid-0123456789abcdef" not in text
+
+
+def test_completion_markers_on_gcs(gcs_server, tmp_path):
+    """The completion bookkeeping on GCS (list, read, create-only writes, delete): hourly _SUCCESS markers
+    only once received data passed the hour's end plus the lateness, across two runs."""
+    client = gcs_client(gcs_server)
+    client.create_bucket("gcs-complete")
+    integration = {"source_id": "src_gcs", "vendor": "gcs", "name": "Hourly", "config": {
+        "bucket": "gcs-complete", "prefix": "lake/", "endpoint_url": gcs_server.url,
+        "partition_by": "date={date}/hour={HH}", "completion_marker": "_SUCCESS", "completion_lateness_seconds": 600}}
+    (tmp_path / "i.json").write_bytes(orjson.dumps([integration]))
+
+    def run(name, events):
+        lines = [orjson.dumps({"type": "track", "event": "E", "userId": "u", "messageId": f"m-{n}",
+                               "timestamp": ts, "receivedAt": received}) for n, ts, received in events]
+        (tmp_path / f"{name}.ndjson").write_bytes(b"\n".join(lines) + b"\n")
+        assert deliver.run([f"--integrations={tmp_path / 'i.json'}", f"--input={tmp_path / name}.ndjson",
+                            f"--dead_letter={tmp_path / name / 'dead'}", RUNNER]) == 0
+        dead = [orjson.loads(x) for p in (tmp_path / name).rglob("*.ndjson") for x in p.read_bytes().splitlines()]
+        names = blobs(client, "gcs-complete")
+        return sorted((d["reason"], d["event_id"]) for d in dead), names
+
+    dead, names = run("r1", [(1, "2026-01-29T05:00:00Z", "2026-01-29T05:00:01Z"),
+                             (2, "2026-01-29T08:20:00Z", "2026-01-29T08:30:00Z")])
+    assert dead == [] and sorted(n for n in names if n.endswith("_SUCCESS")) == ["lake/date=2026-01-29/hour=05/_SUCCESS"]
+    pending = [orjson.loads(names[n].download_as_bytes()) for n in names if n.startswith("lake/_pending/")]
+    assert [p["partition"] for p in pending] == ["date=2026-01-29/hour=08"]
+    assert pending[0]["end_us"] == 1769677200_000000  # 09:00Z
+
+    dead, names = run("r2", [(3, "2026-01-29T05:10:00Z", "2026-01-29T09:30:00Z"),  # hour 05 is complete
+                             (4, "2026-01-29T09:30:00Z", "2026-01-29T09:30:00Z")])
+    assert dead == [("partition_complete", "m-3")]
+    assert sorted(n for n in names if n.endswith("_SUCCESS")) == [
+        "lake/date=2026-01-29/hour=05/_SUCCESS", "lake/date=2026-01-29/hour=08/_SUCCESS"]
+    manifest = orjson.loads(names["lake/date=2026-01-29/hour=08/_SUCCESS"].download_as_bytes())
+    assert [f"lake/date=2026-01-29/hour=08/{f}" for f in manifest["files"]] == sorted(
+        n for n in names if n.startswith("lake/date=2026-01-29/hour=08/") and not n.endswith("_SUCCESS"))
+    assert [orjson.loads(names[n].download_as_bytes())["partition"] for n in names
+            if n.startswith("lake/_pending/")] == ["date=2026-01-29/hour=09"]  # hour 08's was deleted
