@@ -31,7 +31,6 @@ from transforms.routing import PrepareForIntegration
 from transforms.sinks import REGISTRY
 from transforms import streaming
 from transforms.streaming import BatchByInterval, DeduplicateStream, ReadStream
-from apache_beam.transforms import trigger, window
 
 DEFAULT_BATCH_RUNNER = "FnApiRunner"
 DEFAULT_STREAMING_RUNNER = "BundleBasedDirectRunner"  # the DirectRunner's streaming engine, no download
@@ -112,9 +111,7 @@ def _build_streaming(p, integrations, settings, dead_letter_path, stream) -> dic
         dead_letters.append(written["dead_letters"])
         outputs["integrations"][iid] = written
     # Every input of the Flatten gets the same windowing (dead letters written as they come).
-    windowed = [pc | f"DeadLetterBatches{i}" >> beam.WindowInto(
-        window.GlobalWindows(), trigger=streaming.per_element_trigger(),
-        accumulation_mode=trigger.AccumulationMode.DISCARDING) for i, pc in enumerate(dead_letters)]
+    windowed = [pc | f"DeadLetterBatches{i}" >> streaming.fire_per_element() for i, pc in enumerate(dead_letters)]
     all_dead = windowed | "FlattenDeadLetters" >> beam.Flatten()
     outputs["dead_letters"] = all_dead
     outputs["dead_letter_files"] = all_dead | "WriteDeadLetters" >> WriteDeadLetters(dead_letter_path)

@@ -193,12 +193,22 @@ class BatchByInterval(beam.PTransform):
                 | "GroupIntoBatches" >> beam.GroupIntoBatches(self._size, max_buffering_duration_secs=self._interval,
                                                               **kwargs)
                 | "ConcatBatch" >> beam.FlatMapTuple(_concat_pane).with_output_types(pa.Table)
-                | "FirePerBatch" >> beam.WindowInto(window.GlobalWindows(), trigger=per_element_trigger(),
-                                                    accumulation_mode=trigger.AccumulationMode.DISCARDING))
+                | "FirePerBatch" >> fire_per_element())
 
 
-def per_element_trigger():
-    return trigger.Repeatedly(trigger.AfterCount(1))
+# The global window ends a day before the end of time, and a drain (Dataflow's drain, Flink's
+# stop-with-savepoint --drain, a bounded test stream's end) moves the watermark to the end of time, firing
+# GroupIntoBatches' end-of-window timer: the batches it flushes then are behind the watermark, and every
+# grouping downstream would drop them as late data. Allowing more than that day of lateness keeps them.
+DRAIN_LATENESS_SECONDS = 2 * 86_400
+
+
+def fire_per_element():
+    """Global windows firing for every element (each batch passes each grouping as one pane, its state
+    discarded after the firing), keeping what a drain flushes (see ``DRAIN_LATENESS_SECONDS``)."""
+    return beam.WindowInto(window.GlobalWindows(), trigger=trigger.Repeatedly(trigger.AfterCount(1)),
+                           accumulation_mode=trigger.AccumulationMode.DISCARDING,
+                           allowed_lateness=DRAIN_LATENESS_SECONDS)
 
 
 def _concat_pane(_, tables):

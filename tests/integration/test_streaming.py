@@ -90,6 +90,21 @@ def test_batches_obey_size_and_interval_and_flush_when_idle(tmp_path):
     assert len(reports) >= 3
 
 
+def test_drain_delivers_a_batch_still_buffered(tmp_path):
+    """Drain (Dataflow's drain, Flink's stop-with-savepoint --drain) advances the watermark to infinity: a
+    batch still buffered - under batch_size and inside its interval, with no processing time passing - is
+    delivered then, with its report, not lost."""
+    lines = [event(i, T0 + timedelta(seconds=i)) for i in range(3)]
+    stream = (TestStream()
+              .advance_watermark_to(T0.timestamp())
+              .add_elements(arrive(lines, T0))
+              .advance_watermark_to_infinity())
+    run_stream(tmp_path, stream, batch_size=100, interval=3600)
+    files = files_in(tmp_path / "lake")
+    assert sorted(i for ids in files.values() for i in ids) == ["m-0", "m-1", "m-2"] and len(files) == 1
+    assert len(list((tmp_path / "lake" / "_reports").glob("*.report"))) == 1
+
+
 def test_late_events_land_in_their_old_partition_and_too_late_ones_are_dead_letters(tmp_path):
     on_time = [event(i, T0 + timedelta(seconds=i)) for i in range(3)]
     arrived = T0 + timedelta(minutes=5)
