@@ -11,11 +11,16 @@ import pyarrow as pa
 from apache_beam import coders
 
 _OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
+_UNCOMPRESSED = pa.ipc.IpcWriteOptions(compression=None)
+# Below this many rows LZ4 saves nothing (the buffers are tiny) and costs ~20x the encoding time, one frame
+# per buffer: many small partitions (tenants x hours) make hundreds of thousands of such tables.
+COMPRESS_FROM_ROWS = 256
 
 
 def encode_table(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema, options=_OPTIONS) as writer:
+    options = _OPTIONS if table.num_rows >= COMPRESS_FROM_ROWS else _UNCOMPRESSED
+    with pa.ipc.new_stream(sink, table.schema, options=options) as writer:
         writer.write_table(table)
     return sink.getvalue().to_pybytes()
 
