@@ -1,9 +1,9 @@
-"""The shuffle coder for Arrow tables: exact round trips for small (uncompressed) and large (LZ4) tables,
-slices included, and small tables encoded without LZ4 frames."""
+"""The shuffle coder for Arrow tables: exact round trips for small (one LZ4 frame over the message) and
+large (LZ4 per buffer) tables, slices included, and both forms smaller than uncompressed IPC."""
 import pyarrow as pa
 import pytest
 
-from transforms.coders import COMPRESS_FROM_ROWS, ArrowTableCoder
+from transforms.coders import WHOLE_MESSAGE_BELOW_ROWS, ArrowTableCoder
 
 
 def table(rows: int) -> pa.Table:
@@ -12,7 +12,7 @@ def table(rows: int) -> pa.Table:
                      "properties": [None if i % 3 else '{"a": 1}' for i in range(rows)]})
 
 
-@pytest.mark.parametrize("rows", [0, 1, COMPRESS_FROM_ROWS - 1, COMPRESS_FROM_ROWS, 5000])
+@pytest.mark.parametrize("rows", [0, 1, 7, WHOLE_MESSAGE_BELOW_ROWS - 1, WHOLE_MESSAGE_BELOW_ROWS, 10_000])
 def test_round_trip(rows):
     coder = ArrowTableCoder()
     t = table(rows)
@@ -29,9 +29,9 @@ def uncompressed(t: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def test_small_tables_skip_lz4_large_ones_use_it():
-    coder = ArrowTableCoder()
-    small = table(COMPRESS_FROM_ROWS - 1)
-    assert coder.encode(small) == uncompressed(small)
-    big = table(20_000)
-    assert len(coder.encode(big)) < len(uncompressed(big)) * 0.8
+@pytest.mark.parametrize("rows", [1, 8, 100, 20_000])
+def test_encodings_are_smaller_than_plain_ipc(rows):
+    t = table(rows)
+    encoded = ArrowTableCoder().encode(t)
+    assert encoded.startswith(b"BHZ1") == (rows < WHOLE_MESSAGE_BELOW_ROWS)
+    assert len(encoded) < len(uncompressed(t)) * 0.8
