@@ -27,8 +27,6 @@ stops at the first day that is not complete, so a day is never signalled before 
 from __future__ import annotations
 
 import uuid
-from datetime import date, datetime, time, timedelta
-from zoneinfo import ZoneInfo
 
 import orjson
 import pyarrow as pa
@@ -103,12 +101,6 @@ def to_events(rows: pa.Table, value_property: str = "value"):
         except NotForStatsig as exc:
             rejected.append((i, str(exc)))
     return pa.Table.from_pylist(out, schema=EVENTS_SCHEMA), rejected
-
-
-def day_end_us(day: str, tz: str) -> int:
-    """The end of ``day`` (``YYYY-MM-DD``) in ``tz``, as UTC microseconds since the epoch."""
-    end = datetime.combine(date.fromisoformat(day) + timedelta(days=1), time(0), tzinfo=ZoneInfo(tz))
-    return int(end.timestamp()) * 1_000_000
 
 
 def _unit(user_json: str, id_type: str):

@@ -516,9 +516,10 @@ class _CompletePartitionsFn(beam.DoFn):
     mark-data-ready call). Yields one record per completed partition.
 
     Complete means: the watermark - the latest ``received_at`` of the delivered events, per run in batch,
-    per batch in streaming - has passed the partition's end plus the lateness. Events are never accepted
-    later than the stream's allowed lateness after their time, and events for a completed partition are
-    dead letters (``partition_complete``), so a marker never sits beside data written after it."""
+    per batch in streaming - has passed the partition's end plus the lateness. Events for a partition
+    already completed are dead letters (``partition_complete``). The check is made when a batch's partition
+    is written, so on a runner writing several batches at once, a batch held back for longer than the
+    lateness could still publish after the marker (the README says so)."""
 
     def __init__(self, integration_id: str, config: FileOutputConfig):
         self._iid, self._config = integration_id, config
@@ -566,12 +567,12 @@ class _CompletePartitionsFn(beam.DoFn):
             storage.put_if_absent(f"{partition}/{c.completion_marker}", body, {})
             out.update(marker=f"{partition}/{c.completion_marker}", files=len(files))
         if c.profile == "statsig":
-            out.update(self._finish_statsig_day(storage, partition))
+            out.update(self._finish_statsig_day(storage, partition, end_us))
         storage.put_if_absent(complete_name(partition), partition.encode(), {})
         self._completed.inc()
         return out
 
-    def _finish_statsig_day(self, storage, partition: str) -> dict:
+    def _finish_statsig_day(self, storage, partition: str, end_us: int) -> dict:
         import hashlib
         import io
 
@@ -592,19 +593,19 @@ class _CompletePartitionsFn(beam.DoFn):
             data = formats.encode("parquet", table, self._config.compression)
             out["signal"] = commit.publish_bytes(storage, f"signals/{day}/finished_date-{day}.parquet", data, 1)
         else:
-            out["signal"] = mark_data_ready(settings, day)
+            out["signal"] = mark_data_ready(settings, day, end_us)
         return out
 
 
-def mark_data_ready(settings, day: str) -> dict:
-    """Statsig's mark_data_ready call for everything up to the end of ``day`` (in its time zone); raises
+def mark_data_ready(settings, day: str, end_us: int) -> dict:
+    """Statsig's mark_data_ready call for everything up to ``end_us``, the end of ``day`` in its time zone; raises
     ``commit.PublishError`` (without the key) when Statsig does not accept it, so the day stays unsignalled."""
     import urllib.error
     import urllib.request
 
     from transforms.secrets import redact
 
-    end_s = statsig_profile.day_end_us(day, settings.timezone) // 1_000_000
+    end_s = end_us // 1_000_000
     for kind in settings.mark_data_ready_types:
         request = urllib.request.Request(
             settings.mark_data_ready_url, method="POST", data=orjson.dumps({"timestamp": end_s, "type": kind}),
