@@ -97,7 +97,7 @@ class _ParseBatchFn(beam.DoFn):
         self._max_past_us = int(s.max_past_days * 86_400_000_000)
         self._max_future_us = int(s.max_future_hours * 3_600_000_000)
         self._bulk = segment_bulk.BulkNormaliser(self._tenant_path, self._app_path, s.consent_purposes,
-                                                 self._max_past_us, self._max_future_us)
+                                                 self._max_past_us, self._max_future_us, s.source_id)
         self._input = Metrics.counter(deadletter.NAMESPACE, "input")
         self._blank = Metrics.counter(deadletter.NAMESPACE, "blank_lines")
 
@@ -152,7 +152,7 @@ class _ParseBatchFn(beam.DoFn):
             self._blank.inc(blank)
         tables = []
         if fast:
-            columns, accepted, rejected = bulk.run(fast, now)
+            columns, accepted, rejected = bulk.run(fast, now, fast_lines)
             if len(accepted):
                 columns.insert(13, ["segment"] * len(accepted))
                 tables.append(self._table(columns))

@@ -7,8 +7,8 @@ kept as the JSON text sent), once into a small "probe" holding just the values r
 (tenant, app, consent flags, the properties that top-level fields such as a page's ``name`` move into). ``BulkNormaliser.run`` then checks
 and converts whole columns (timestamps by Arrow, windows by numpy).
 
-It *accepts only* events whose handling is obvious. Anything else - an unknown top-level key, a missing
-``messageId`` (a derived id needs the whole object), a wrong type, a timestamp form Arrow does not parse,
+It *accepts only* events whose handling is obvious. Anything else - an unknown top-level key, a null or
+non-string ``messageId``, a wrong type, a timestamp form Arrow does not parse,
 a time outside the window, a name that would clash - is handed back for ``segment.normalise``, which
 applies the full rules and rejects with a reason. There is one set of rules; this path only makes the
 common case cheap, and ``tests/unit/test_bulk.py`` checks both paths give the same rows.
@@ -25,7 +25,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from transforms.dialects.segment import _MOVED_TO_PROPERTIES, FIXED_EVENT_NAMES, MAX_ID_LENGTH
+from transforms.dialects.segment import _MOVED_TO_PROPERTIES, FIXED_EVENT_NAMES, MAX_ID_LENGTH, derive_event_id
 from transforms.timestamps import MAX_US, MIN_US, parse_timestamp_us
 
 NO_JSON = msgspec.Raw(b"null")  # the default of an absent JSON column (compared by identity)
@@ -38,7 +38,7 @@ _Kind = Literal["page", "track", "identify", "group", "screen", "alias"]  # exac
 
 class _Event(msgspec.Struct, forbid_unknown_fields=True, gc=False):  # no cycles: skip GC tracking
     type: _Kind
-    messageId: _Id
+    messageId: Union[_Id, msgspec.UnsetType] = UNSET  # absent: the id is derived from the whole event
     event: Optional[str] = None
     anonymousId: Optional[_Id] = None
     userId: Optional[_Id] = None
@@ -132,8 +132,10 @@ class BulkNormaliser:
     """Build once per worker (``DoFn.setup``). ``usable`` is False when the tenant/app paths are not inside
     the JSON columns or overlap (then every event goes per event)."""
 
-    def __init__(self, tenant_path: tuple, app_path: tuple, purposes: tuple, max_past_us: int, max_future_us: int):
+    def __init__(self, tenant_path: tuple, app_path: tuple, purposes: tuple, max_past_us: int, max_future_us: int,
+                 source_id: str | None = None):
         self.purposes = tuple(purposes)
+        self._source_id = source_id  # for derived event ids; without it, events lacking messageId go per event
         self._max_past_us = max_past_us
         self._max_future_us = max_future_us
         self._decode_event = msgspec.json.Decoder(_Event).decode
@@ -190,8 +192,9 @@ class BulkNormaliser:
             values = [UNSET if v is None or v is UNSET else getattr(v, attr) for v in values]
         return values
 
-    def run(self, decoded: list, processing_time_us: int):
-        """``decoded``: ``(event, probe)`` pairs from ``decode``. Returns ``(columns, accepted, rejected)``:
+    def run(self, decoded: list, processing_time_us: int, lines: list | None = None):
+        """``decoded``: ``(event, probe)`` pairs from ``decode``; ``lines``: the lines they were decoded from
+        (needed to derive the id of an event without ``messageId``). Returns ``(columns, accepted, rejected)``:
         the columns in batch-schema order up to ``_app_id`` plus one per consent purpose, for the accepted
         events, and the positions (into ``decoded``) that must go per event."""
         events = [d[0] for d in decoded]
@@ -217,13 +220,20 @@ class BulkNormaliser:
                 keep[i] = False
             else:
                 properties[i] = moved
+        ids = [e.messageId for e in events]
+        for i in np.flatnonzero(keep).tolist():
+            if ids[i] is UNSET:  # the per-event rule: a digest of the whole event as parsed
+                if lines is None or self._source_id is None:
+                    keep[i] = False
+                else:
+                    ids[i] = derive_event_id(orjson.loads(lines[i]), self._source_id)
         accepted = np.flatnonzero(keep)
         rejected = np.flatnonzero(~keep).tolist()
         acc = [events[i] for i in accepted]
         acc_probes = [probes[i] for i in accepted]
         kinds = [e.type for e in acc]
         columns = [
-            [e.messageId for e in acc],
+            [ids[i] for i in accepted],
             kinds,
             [e.event if k == "track" else FIXED_EVENT_NAMES[k] for e, k in zip(acc, kinds)],
             [e.anonymousId for e in acc],
