@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
+from transforms.coders import GroupTablesByKey
 from transforms.deadletter import NAMESPACE
 
 
@@ -22,23 +23,26 @@ def dedup_table(table: pa.Table) -> tuple[pa.Table, int]:
 
     Among copies of an event the one with the earliest ``received_at`` wins; ties are broken by the other
     columns' values in schema order (a total order on content, so the winner never depends on the order
-    rows arrived in). Only rows whose id occurs more than once are sorted."""
+    rows arrived in). One hash pass finds the ids seen more than once; only those rows are sorted, and the
+    table is filtered once (rows keep their order)."""
     ids = table["event_id"]
-    if pc.count_distinct(ids).as_py() == table.num_rows:
+    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    encoded = pc.dictionary_encode(ids)
+    if len(encoded.dictionary) == table.num_rows:
         return table, 0
-    counts = table.select(["event_id"]).group_by("event_id").aggregate([("event_id", "count")])
-    dup_ids = counts.filter(pc.greater(counts["event_id_count"], 1))["event_id"]
-    mask = pc.is_in(ids, value_set=dup_ids)
-    singles = table.filter(pc.invert(mask))
-    copies = table.filter(mask)
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    repeated = np.bincount(codes, minlength=len(encoded.dictionary))[codes] > 1
+    copy_rows = np.flatnonzero(repeated)
+    copies = table.take(copy_rows)
     order = ["event_id", "received_at"] + [c for c in copies.column_names if c not in ("event_id", "received_at")]
-    copies = copies.take(pc.sort_indices(copies, sort_keys=[(c, "ascending", "at_end") for c in order]))
-    sorted_ids = copies["event_id"].combine_chunks()
-    first = np.ones(len(sorted_ids), dtype=bool)
-    if len(sorted_ids) > 1:
-        first[1:] = pc.not_equal(sorted_ids[1:], sorted_ids[:-1]).to_numpy(zero_copy_only=False)
-    winners = copies.filter(pa.array(first))
-    return pa.concat_tables([singles, winners]), table.num_rows - singles.num_rows - winners.num_rows
+    ranked = pc.sort_indices(copies, sort_keys=[(c, "ascending", "at_end") for c in order]).to_numpy()
+    sorted_codes = codes[copy_rows[ranked]]
+    first = np.ones(len(ranked), dtype=bool)
+    first[1:] = sorted_codes[1:] != sorted_codes[:-1]
+    keep = ~repeated
+    keep[copy_rows[ranked[first]]] = True
+    kept = table.filter(pa.array(keep))
+    return kept, table.num_rows - kept.num_rows
 
 
 class _DedupShardFn(beam.DoFn):
@@ -60,5 +64,5 @@ class DeduplicateEvents(beam.PTransform):
 
     def expand(self, keyed_tables):
         return (keyed_tables
-                | "GroupByShard" >> beam.GroupByKey()
+                | "GroupByShard" >> GroupTablesByKey()
                 | "DropDuplicates" >> beam.ParDo(_DedupShardFn()))
