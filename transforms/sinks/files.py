@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from transforms import coders, commit, deadletter, formats, partitioning  # noqa: F401 (coders: Arrow shuffles)
+from transforms import coders, commit, deadletter, formats, partitioning
 from transforms.integrations import BaseDestinationConfig
 from transforms.profiles import hackle as hackle_profile
 from transforms.profiles import statsig as statsig_profile
@@ -651,7 +651,7 @@ class WriteEventsToFiles(beam.PTransform):
             _KeyByPartitionFn(integ.integration_id, integ.config)).with_output_types(
             typing.Tuple[typing.Any, pa.Table]).with_outputs(DEAD_LETTERS, main="rows")
         written = (keyed.rows
-                   | "GroupByPartition" >> beam.GroupByKey()
+                   | "GroupByPartition" >> coders.GroupTablesByKey()
                    | "WritePartitionFiles" >> beam.ParDo(
                        _WritePartitionFn(integ.integration_id, integ.config)).with_outputs(DEAD_LETTERS, main="files"))
         reports = (written.files

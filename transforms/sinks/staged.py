@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
-from transforms import coders, deadletter  # noqa: F401 (coders: Arrow shuffles)
+from transforms import coders, deadletter
 from transforms.profiles.warehouse import JSON_COLUMNS, TIME_COLUMNS, to_warehouse
 
 DEAD_LETTERS = "dead_letters"
@@ -219,7 +219,7 @@ class WriteStagedLoads(beam.PTransform):
         loads = (tables
                  | "ToWarehouseRows" >> beam.Map(to_warehouse).with_output_types(pa.Table)
                  | "KeyByDay" >> beam.ParDo(_KeyByDayFn()).with_output_types(typing.Tuple[str, pa.Table])
-                 | "GroupByDay" >> beam.GroupByKey()
+                 | "GroupByDay" >> coders.GroupTablesByKey()
                  | "StageAndLoad" >> beam.ParDo(_LoadDayFn(integ.integration_id, integ.config, self._open_loader,
                                                            self._format)).with_outputs(DEAD_LETTERS, main="loads"))
         return {"files": loads.loads, "reports": loads.loads, "dead_letters": loads[DEAD_LETTERS]}
