@@ -103,3 +103,21 @@ def test_partition_end_in_its_time_zone(template, at, tz, end):
 def test_partitions_without_time_never_end():
     template = P.parse_template("tenant_id={tenant_id}/type={type}")
     assert P.time_span(template) is None and P.partition_end_us(template, _us("2026-01-29T00:00:00+00:00")) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(-2_000_000_000, 4_000_000_000), min_size=1, max_size=50),
+       st.sampled_from(["year={yyyy}/month={MM}/day={dd}/hour={HH}", "{date}", "{yyyy}/{MM}", "{yyyy}",
+                        "dt={date}/{HH}{mm}", "{date}/{HH}/{mm}/{ss}", "x/{date}/min={min15}", "static/{tenant_id}"]),
+       st.sampled_from(["UTC", "Asia/Kolkata", "America/Los_Angeles"]))
+def test_partition_times_formatted_once_per_unit_match_formatting_every_row(values, template, tz):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from transforms.sinks.files import format_partition_times
+
+    t = P.parse_template(template)
+    seconds = pa.chunked_array([pa.array(values[:len(values) // 2], pa.timestamp("s", tz="UTC")),
+                                pa.array(values[len(values) // 2:], pa.timestamp("s", tz="UTC"))])
+    expected = pc.strftime(seconds.cast(pa.timestamp("s", tz=tz)), format=t.strftime).to_pylist()
+    assert format_partition_times(seconds, t, tz).to_pylist() == expected

@@ -261,6 +261,27 @@ def partition_time_seconds(column) -> pa.ChunkedArray:
     return pc.cast(floored, pa.timestamp("s", tz="UTC"), safe=False)
 
 
+# Seconds in the finest time unit a template prints, for UTC: every second inside one such unit prints
+# the same (days and longer floor to the day, which lies inside one month and year).
+_UTC_UNIT_SECONDS = {"second": 1, "minute": 60, "min15": 60, "min30": 60, "hour": 3600}
+
+
+def format_partition_times(seconds, template: partitioning.Template, tz: str = "UTC") -> pa.Array:
+    """``pc.strftime`` of the template's time part for each value of ``seconds`` (a ``timestamp("s", UTC)``
+    column). In UTC it formats each distinct unit once and spreads the labels back (formatting is a
+    microsecond a row; a batch spans few hours). Other zones format per row, in that zone (offsets and
+    DST make fixed-length flooring unsafe there)."""
+    if tz != "UTC":
+        return pc.strftime(seconds.cast(pa.timestamp("s", tz=tz)), format=template.strftime)
+    unit = _UTC_UNIT_SECONDS.get(partitioning.time_span(template), 86_400)
+    values = seconds.cast(pa.int64())
+    values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    floored = values.to_numpy(zero_copy_only=False) // unit * unit
+    distinct, where = np.unique(floored, return_inverse=True)
+    labels = pc.strftime(pa.array(distinct, type=pa.timestamp("s", tz="UTC")), format=template.strftime)
+    return labels.take(pa.array(where.reshape(-1)))
+
+
 def payload_of(row: dict) -> str:
     return orjson.dumps(row, option=orjson.OPT_NAIVE_UTC).decode()
 
@@ -324,9 +345,10 @@ class _KeyByPartitionFn(beam.DoFn):
     def process(self, table):
         fields = list(self._template.fields)
         seconds = partition_time_seconds(table[self._config.partition_time])
-        if self._config.partition_timezone != "UTC":  # days and hours as a clock in that zone shows them
+        # days and hours as a clock in the partition time zone shows them
+        columns = {"_pkey": format_partition_times(seconds, self._template, self._config.partition_timezone)}
+        if self._config.partition_timezone != "UTC":
             seconds = seconds.cast(pa.timestamp("s", tz=self._config.partition_timezone))
-        columns = {"_pkey": pc.strftime(seconds, format=self._template.strftime)}
         for name in fields:
             if name in ("_min15", "_min30"):
                 width = 15 if name == "_min15" else 30
