@@ -97,4 +97,4 @@ class GroupTablesByKey(beam.PTransform):
         return (keyed_tables
                 | "Encode" >> beam.Map(_to_bytes).with_output_types(typing.Tuple[typing.Any, bytes])
                 | "Group" >> beam.GroupByKey()
-                | "Decode" >> beam.Map(_from_bytes))
+                | "Decode" >> beam.Map(_from_bytes).with_output_types(typing.Tuple[typing.Any, typing.List[pa.Table]]))

@@ -47,4 +47,4 @@ class FilterByConsent(beam.PTransform):
         self._fn = _FilterByConsentFn(integration_id, purposes)
 
     def expand(self, tables):
-        return tables | beam.ParDo(self._fn)
+        return tables | beam.ParDo(self._fn).with_output_types(pa.Table)

@@ -65,4 +65,4 @@ class DeduplicateEvents(beam.PTransform):
     def expand(self, keyed_tables):
         return (keyed_tables
                 | "GroupByShard" >> GroupTablesByKey()
-                | "DropDuplicates" >> beam.ParDo(_DedupShardFn()))
+                | "DropDuplicates" >> beam.ParDo(_DedupShardFn()).with_output_types(pa.Table))

@@ -32,5 +32,5 @@ class PrepareForIntegration(beam.PTransform):
             tables = tables | "SelectProperties" >> SelectProperties(config.properties)
         source_id, integration_id = integ.source_id, integ.integration_id
         return (tables
-                | "DropEmpty" >> beam.Filter(lambda t: t.num_rows > 0)
-                | "StampIds" >> beam.Map(lambda t: stamp(t, source_id, integration_id)))
+                | "DropEmpty" >> beam.Filter(lambda t: t.num_rows > 0).with_output_types(pa.Table)
+                | "StampIds" >> beam.Map(lambda t: stamp(t, source_id, integration_id)).with_output_types(pa.Table))

@@ -82,4 +82,4 @@ class SelectProperties(beam.PTransform):
 
     def expand(self, tables):
         include, exclude = self._include, self._exclude
-        return tables | beam.Map(lambda t: select_table(t, include, exclude))
+        return tables | beam.Map(lambda t: select_table(t, include, exclude)).with_output_types(pa.Table)

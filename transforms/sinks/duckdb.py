@@ -25,7 +25,7 @@ import pyarrow as pa
 from apache_beam.metrics import Metrics
 from pydantic import Field
 
-from transforms import deadletter
+from transforms import coders, deadletter
 from transforms.integrations import BaseDestinationConfig
 from transforms.profiles.warehouse import COLUMNS, JSON_COLUMNS, TIME_COLUMNS, to_warehouse
 
@@ -82,10 +82,11 @@ class _LoadIntoDuckDBFn(beam.DoFn):
         self._iid = integration_id
         self._config = config
 
-    def process(self, tables):
+    def process(self, encoded_tables):
         import duckdb
 
         c = self._config
+        tables = [coders.decode_table(data) for data in encoded_tables]
         staged = _naive_utc(pa.concat_tables(tables)) if tables else None
         con = duckdb.connect(c.path)
         try:
@@ -118,7 +119,9 @@ class WriteEventsToDuckDB(beam.PTransform):
     def expand(self, tables):
         integ = self._integration
         loads = (tables
-                 | "ToWarehouseRows" >> beam.Map(to_warehouse)
+                 | "ToWarehouseRows" >> beam.Map(to_warehouse).with_output_types(pa.Table)
+                 # As IPC bytes: the list is a combiner accumulator, which Beam would otherwise pickle.
+                 | "Encode" >> beam.Map(coders.encode_table).with_output_types(bytes)
                  # Streaming (a non-default trigger): one load per fired pane.
                  | "CollectBatches" >> beam.combiners.ToList().with_defaults(tables.windowing.is_default())
                  | "LoadIntoDuckDB" >> beam.ParDo(_LoadIntoDuckDBFn(integ.integration_id, integ.config)))
