@@ -48,7 +48,7 @@ def test_columns_tenant_app_consent_and_bom():
     events, dead = run_batch([b"\xef\xbb\xbf" + GOOD], consent_purposes=("analytics", "ads", "marketing"))
     assert dead == []
     [(shard, table)] = events
-    assert shard == shard_of("m1", 4)
+    assert shard == shard_of("m1", ParseSettings("s").shards)
     row = table.to_pylist()[0]
     assert row["_tenant_id"] == "t1" and row["_app_id"] == "7"
     assert (row["_consent.analytics"], row["_consent.ads"], row["_consent.marketing"]) == (True, False, False)
