@@ -81,8 +81,14 @@ def split_by_shard(table: pa.Table, shards: int):
     """``(shard, rows)`` for each dedup shard present in ``table`` (rows of one event id share a shard)."""
     keys = np.fromiter((shard_of(i, shards) for i in table["event_id"].to_pylist()), dtype=np.int64,
                        count=table.num_rows)
-    for shard in np.unique(keys).tolist():
-        yield shard, table.take(np.flatnonzero(keys == shard))
+    # One gather orders the rows by shard; each shard is then a zero-copy slice (a gather per shard
+    # costs a pass over every column each time).
+    order = np.argsort(keys, kind="stable")
+    ordered = table.take(order)
+    present, starts = np.unique(keys[order], return_index=True)
+    ends = np.append(starts[1:], len(order))
+    for shard, start, end in zip(present.tolist(), starts.tolist(), ends.tolist()):
+        yield shard, ordered.slice(start, end - start)
 
 
 class _ParseBatchFn(beam.DoFn):
