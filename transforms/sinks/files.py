@@ -19,6 +19,7 @@ protocol in ``transforms.commit``; then one delivery report per route under ``_r
 from __future__ import annotations
 
 import typing
+import zlib
 from typing import Literal
 
 import apache_beam as beam
@@ -316,10 +317,24 @@ def apportion(events_by_tenant: dict[str, int], size: int) -> dict[str, tuple[in
     return {t: (events_by_tenant[t], out[t]) for t in events_by_tenant}
 
 
+# Partitions are grouped into this many write groups per route for the shuffle. Keying by partition
+# instead sent one piece per (dedup shard, partition) across it: with many small partitions (500 tenants x
+# 72 hours) that was over half a million tiny elements per million events, and time and memory grew with the
+# number of partitions. Writers still get every event of a partition together (a partition is in one group).
+WRITE_GROUPS = 64
+_PARTITION_COL, _TENANT_COL = "__partition", "__file_tenant"
+
+
+def write_group(partition: str, tenant: str | None) -> int:
+    """The write group of a partition (and file tenant): stable across processes and runs."""
+    return zlib.crc32(f"{partition}\x00{tenant}".encode("utf-8", "surrogatepass")) % WRITE_GROUPS
+
+
 class _KeyByPartitionFn(beam.DoFn):
-    """Split an event batch by route, partition path and tenant: ``((route, partition, tenant), rows)``.
-    Rows without a route (``unknown_tenant``) or whose partition cannot be built (a missing or oversize
-    tenant/app value) become dead letters."""
+    """Split an event batch by route and write group: ``((route, group), rows)``, each row carrying its
+    partition path and file tenant (None: files may mix tenants) in two extra columns. Rows without a route
+    (``unknown_tenant``) or whose partition cannot be built (a missing or oversize tenant/app value) become
+    dead letters."""
 
     def __init__(self, integration_id: str, config: FileOutputConfig):
         self._iid = integration_id
@@ -369,28 +384,62 @@ class _KeyByPartitionFn(beam.DoFn):
         lists = groups["_row_list"].combine_chunks()
         ordered = table.take(lists.flatten())
         offsets = lists.offsets.to_numpy()
+        pieces: dict[tuple, list] = {}  # (route, write group) -> [(start, length, partition, file tenant)]
         for i, group in enumerate(groups.drop_columns(["_row_list"]).to_pylist()):
-            rows = ordered.slice(offsets[i], offsets[i + 1] - offsets[i])
+            start, length = int(offsets[i]), int(offsets[i + 1] - offsets[i])
             tenant = group.get("_tenant_id")
             resolved = self._route(tenant, group.get("_dialect"))
             if isinstance(resolved, UnknownTenant):
-                yield from sink_dead_letters(self._iid, "unknown_tenant", rows, str(resolved))
+                yield from sink_dead_letters(self._iid, "unknown_tenant", ordered.slice(start, length), str(resolved))
                 continue
             route, scoped = resolved
             try:
                 partition = partitioning.render_partition(self._template, group["_pkey"], group)
             except partitioning.InvalidPartitionValue as exc:
-                yield from sink_dead_letters(self._iid, "invalid_partition_value", rows, str(exc))
+                yield from sink_dead_letters(self._iid, "invalid_partition_value", ordered.slice(start, length), str(exc))
                 continue
-            if scoped or self._tenant_in_path:
-                yield (route, partition, NO_TENANT if tenant is None else tenant), rows
-            else:
-                yield (route, partition, None), rows  # None: files may mix tenants
+            file_tenant = (NO_TENANT if tenant is None else tenant) if scoped or self._tenant_in_path else None
+            pieces.setdefault((route, write_group(partition, file_tenant)), []).append(
+                (start, length, partition, file_tenant))
+        for key, parts in pieces.items():
+            yield key, _with_destinations(ordered, parts)
+
+
+def _with_destinations(ordered: pa.Table, parts: list) -> pa.Table:
+    """The rows of ``parts`` (``(start, length, partition, file tenant)`` runs of ``ordered``) as one table,
+    with the partition and file tenant of each row as dictionary columns (a few distinct values each)."""
+    rows = pa.concat_tables([ordered.slice(start, length) for start, length, _, _ in parts])
+    lengths = np.array([length for _, length, _, _ in parts], dtype=np.int64)
+    which = pa.array(np.repeat(np.arange(len(parts), dtype=np.int32), lengths))
+    partitions = pa.DictionaryArray.from_arrays(which, pa.array([p for _, _, p, _ in parts], type=pa.string()))
+    tenants = pa.DictionaryArray.from_arrays(which, pa.array([t for _, _, _, t in parts], type=pa.string()))
+    return rows.append_column(_PARTITION_COL, partitions).append_column(_TENANT_COL, tenants)
+
+
+def split_destinations(rows: pa.Table, time_col: str):
+    """``(partition, file tenant, events)`` for each destination in a write group's rows (see
+    ``_with_destinations``), the events sorted by ``time_col`` then ``event_id``: one grouping and one sort
+    for the whole write group, then zero-copy slices."""
+    keys = pa.table({"p": rows[_PARTITION_COL].cast(pa.string()), "t": rows[_TENANT_COL].cast(pa.string()),
+                     "_row": np.arange(rows.num_rows, dtype=np.int64)})
+    rows = rows.drop_columns([_PARTITION_COL, _TENANT_COL])
+    groups = keys.group_by(["p", "t"], use_threads=False).aggregate([("_row", "list")])
+    lists = groups["_row_list"].combine_chunks()
+    lengths = np.diff(lists.offsets.to_numpy())
+    group_of = np.empty(rows.num_rows, dtype=np.int64)
+    group_of[lists.flatten().to_numpy()] = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+    order = pc.sort_indices(pa.table({"g": group_of, "time": rows[time_col], "id": rows["event_id"]}),
+                            sort_keys=[("g", "ascending"), ("time", "ascending"), ("id", "ascending")])
+    ordered = rows.take(order)
+    start = 0
+    for partition, tenant, length in zip(groups["p"].to_pylist(), groups["t"].to_pylist(), lengths.tolist()):
+        yield partition, tenant, ordered.slice(start, length)
+        start += length
 
 
 class _WritePartitionFn(beam.DoFn):
-    """All events of one (route, partition, tenant or None for mixed) -> files of at most ``batch_size``
-    events."""
+    """All events of one (route, write group) -> per partition and file tenant (None: mixed), files of at
+    most ``batch_size`` events."""
 
     def __init__(self, integration_id: str, config: FileOutputConfig):
         self._iid = integration_id
@@ -417,12 +466,15 @@ class _WritePartitionFn(beam.DoFn):
         return self._storages[route_key], self._key_problems[route_key]
 
     def process(self, element):
-        (route_key, partition, tenant), slices = element
+        (route_key, _), slices = element
         slices = list(slices)
         if not slices:  # an empty streaming pane
             return
-        time_col = self._config.partition_time
-        rows = pa.concat_tables(slices).sort_by([(time_col, "ascending"), ("event_id", "ascending")])
+        grouped = pa.concat_tables(slices)
+        for partition, tenant, rows in split_destinations(grouped, self._config.partition_time):
+            yield from self._write_partition(route_key, partition, tenant, rows)
+
+    def _write_partition(self, route_key: str, partition: str, tenant: str | None, rows: pa.Table):
         storage, problem = self._storage(route_key)
         if problem is not None:  # fail closed: never unencrypted, never under another key
             yield from sink_dead_letters(self._iid, "encryption_key_unusable", rows, problem, with_payload=False)
