@@ -316,3 +316,27 @@ def test_event_tables_are_never_pickled(tmp_path, monkeypatch):
     monkeypatch.setattr(pickle, "dumps", guarded)
     assert deliver.run([f"--integrations={tmp_path / 'integrations.json'}", f"--input={tmp_path / 'in.ndjson'}",
                         f"--dead_letter={tmp_path / 'dead'}", RUNNER]) == 0
+
+
+def test_one_element_per_line_delivers_what_blocks_deliver(tmp_path):
+    """``--per_line_input`` (Beam's text reader, one element per event) and the block reader deliver the
+    same events to the same files, from several inputs (one gzipped) with blank lines and CRLF."""
+    lines, _ = generate(n=400, seed=9, tenants=2)
+    (tmp_path / "a.ndjson").write_bytes(b"\n".join(lines[:200]) + b"\n\n")
+    with gzip.open(tmp_path / "b.ndjson.gz", "wb") as fh:
+        fh.write(b"\r\n".join(lines[200:]) + b"\r\n")
+    results = {}
+    for mode in ("blocks", "lines"):
+        root = tmp_path / mode
+        config = [{"source_id": "src_example", "vendor": "files", "name": "Lake", "config": {
+            "path": str(root / "lake"), "file_format": "json", "compression": "none"}}]
+        (tmp_path / f"{mode}.json").write_bytes(orjson.dumps(config))
+        argv = [f"--integrations={tmp_path / f'{mode}.json'}", f"--input={tmp_path / '*.ndjson'}",
+                f"--input={tmp_path / '*.ndjson.gz'}", f"--dead_letter={root / 'dead'}",
+                f"--summary={root / 'summary.json'}", RUNNER] + (["--per_line_input"] if mode == "lines" else [])
+        assert deliver.run(argv) == 0
+        files = {str(p.relative_to(root / "lake")): p.read_bytes() for p in (root / "lake").rglob("*.json")
+                 if "_reports" not in p.parts}
+        summary = orjson.loads((root / "summary.json").read_bytes())
+        results[mode] = (files, summary["input"], summary["integrations"])
+    assert results["blocks"][0] and results["blocks"] == results["lines"]
