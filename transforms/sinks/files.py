@@ -361,14 +361,14 @@ class _KeyByPartitionFn(beam.DoFn):
         fields = list(self._template.fields)
         seconds = partition_time_seconds(table[self._config.partition_time])
         # days and hours as a clock in the partition time zone shows them
-        columns = {"_pkey": format_partition_times(seconds, self._template, self._config.partition_timezone)}
-        if self._config.partition_timezone != "UTC":
-            seconds = seconds.cast(pa.timestamp("s", tz=self._config.partition_timezone))
+        tz = self._config.partition_timezone
+        columns = {"_pkey": format_partition_times(seconds, self._template, tz)}
         for name in fields:
-            if name in ("_min15", "_min30"):
+            if name in ("_min15", "_min30"):  # minutes as that zone's clock shows them (offsets like +05:45)
                 width = 15 if name == "_min15" else 30
                 labels = pa.array(partitioning.minute_range_labels(width))
-                columns[name] = labels.take(pc.divide(pc.minute(seconds), width))
+                local = seconds if tz == "UTC" else seconds.cast(pa.timestamp("s", tz=tz))
+                columns[name] = labels.take(pc.divide(pc.minute(local), width))
             else:
                 columns[name] = table[name]
         # Group only by what decides the path and the route: splitting by more (e.g. by tenant when
