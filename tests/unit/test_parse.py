@@ -3,7 +3,7 @@ import orjson
 import pytest
 from apache_beam.pvalue import TaggedOutput
 
-from tests.eventgen import BAD_LINES
+from tests.eventgen import BAD_LINES, generate
 from transforms.parse import ParseSettings, _ParseBatchFn, shard_of
 
 
@@ -64,3 +64,18 @@ def test_shards_are_stable_and_spread():
     shards = {shard_of(f"id-{i}", 4) for i in range(100)}
     assert shards == {0, 1, 2, 3}
     assert shard_of("abc", 4) == shard_of("abc", 4)
+
+
+def test_every_row_is_in_its_shard_on_both_paths():
+    # Generated input mixes fast-path events with ones that go per event (bad lines, odd fields).
+    lines, _ = generate(2000, seed=11)
+    settings = ParseSettings(source_id="s", shards=8)
+    fn = _ParseBatchFn(settings)
+    fn.setup()
+    pieces = [out for out in fn.process(lines) if isinstance(out, tuple)]
+    assert len({shard for shard, _ in pieces}) == 8
+    assert sum(t.num_rows for _, t in pieces) > 1500
+    for shard, table in pieces:
+        assert table.num_rows > 0
+        assert {shard_of(i, 8) for i in table["event_id"].to_pylist()} == {shard}
+    assert len(pieces) == len({shard for shard, _ in pieces})  # one piece per shard per batch
