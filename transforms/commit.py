@@ -64,24 +64,43 @@ class LocalStorage:
 
     def __init__(self, root: str):
         self.root = os.path.abspath(root)
+        # Directories this instance made or found. A layout with many partitions writes one small file per
+        # directory, and creating the folders again for each file (makedirs walks every level) cost as much
+        # as writing the file. One removed underneath is made again (see ``_ensure_dir``).
+        self._dirs: set[str] = set()
 
     def path(self, relative: str) -> str:
         return os.path.join(self.root, *relative.split("/"))
 
+    def _ensure_dir(self, folder: str, again: bool = False) -> None:
+        if again or folder not in self._dirs:
+            os.makedirs(folder, exist_ok=True)
+            self._dirs.add(folder)
+
     def put_if_absent(self, relative: str, data: bytes, metadata: dict) -> bool:
         """Write through a temp file and link it; False when a file of that name already exists."""
         tmp_dir = os.path.join(self.root, TMP_DIR)
-        os.makedirs(tmp_dir, exist_ok=True)
         tmp = os.path.join(tmp_dir, f"{relative.rsplit('/', 1)[-1]}.tmp-{uuid.uuid4().hex}")
         final = self.path(relative)
+        self._ensure_dir(tmp_dir)
         try:
-            with open(tmp, "wb") as fh:
+            try:
+                fh = open(tmp, "wb")
+            except FileNotFoundError:  # the temp folder was removed since it was made
+                self._ensure_dir(tmp_dir, again=True)
+                fh = open(tmp, "wb")
+            with fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.makedirs(os.path.dirname(final), exist_ok=True)
+            folder = os.path.dirname(final)
+            self._ensure_dir(folder)
             try:
-                os.link(tmp, final)
+                try:
+                    os.link(tmp, final)
+                except FileNotFoundError:  # the partition folder was removed since it was made
+                    self._ensure_dir(folder, again=True)
+                    os.link(tmp, final)
             except FileExistsError:
                 return False
         finally:

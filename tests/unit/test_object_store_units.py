@@ -175,6 +175,25 @@ def test_local_time_named_collision(tmp_path):
     assert second["path"] == "p/data_x_1.json" and (tmp_path / "p" / "data_x_1.json").read_bytes() == b"B"
 
 
+def test_local_storage_makes_folders_once_and_again_when_removed(tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    store = commit.LocalStorage(str(tmp_path))
+    made = []
+    real = os.makedirs
+    monkeypatch.setattr(commit.os, "makedirs", lambda p, **kw: (made.append(p), real(p, **kw))[1])
+    for n in range(5):
+        assert store.put_if_absent(f"a/b/f{n}", b"x", {})
+    # the temp folder and the partition folder once each (makedirs itself also makes the parent "a")
+    assert sorted(made) == sorted(str(tmp_path / p) for p in (commit.TMP_DIR, "a/b", "a"))
+    assert not store.put_if_absent("a/b/f0", b"y", {}) and (tmp_path / "a" / "b" / "f0").read_bytes() == b"x"
+    shutil.rmtree(tmp_path / "a")  # removed underneath (e.g. by a retention job): made again
+    shutil.rmtree(tmp_path / commit.TMP_DIR)
+    assert store.put_if_absent("a/b/f9", b"z", {}) and (tmp_path / "a" / "b" / "f9").read_bytes() == b"z"
+    assert list((tmp_path / commit.TMP_DIR).iterdir()) == []  # no temp file left behind
+
+
 def test_apportion_sums_exactly():
     from transforms.sinks.files import apportion
 
