@@ -64,43 +64,37 @@ class LocalStorage:
 
     def __init__(self, root: str):
         self.root = os.path.abspath(root)
-        # Directories this instance made or found. A layout with many partitions writes one small file per
-        # directory, and creating the folders again for each file (makedirs walks every level) cost as much
-        # as writing the file. One removed underneath is made again (see ``_ensure_dir``).
+        # Folders this instance made. A layout with many partitions writes one small file per folder, and
+        # making the folders again for each file (makedirs walks every level) cost as much as the write.
         self._dirs: set[str] = set()
 
     def path(self, relative: str) -> str:
         return os.path.join(self.root, *relative.split("/"))
 
-    def _ensure_dir(self, folder: str, again: bool = False) -> None:
-        if again or folder not in self._dirs:
+    def _in_folder(self, folder: str, create):
+        """``create()`` (which makes a file in ``folder``), making the folder first the first time; once more
+        after making it again if it was removed underneath (e.g. by a retention job)."""
+        if folder not in self._dirs:
             os.makedirs(folder, exist_ok=True)
             self._dirs.add(folder)
+        try:
+            return create()
+        except FileNotFoundError:
+            os.makedirs(folder, exist_ok=True)
+            return create()
 
     def put_if_absent(self, relative: str, data: bytes, metadata: dict) -> bool:
         """Write through a temp file and link it; False when a file of that name already exists."""
         tmp_dir = os.path.join(self.root, TMP_DIR)
         tmp = os.path.join(tmp_dir, f"{relative.rsplit('/', 1)[-1]}.tmp-{uuid.uuid4().hex}")
         final = self.path(relative)
-        self._ensure_dir(tmp_dir)
         try:
-            try:
-                fh = open(tmp, "wb")
-            except FileNotFoundError:  # the temp folder was removed since it was made
-                self._ensure_dir(tmp_dir, again=True)
-                fh = open(tmp, "wb")
-            with fh:
+            with self._in_folder(tmp_dir, lambda: open(tmp, "wb")) as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-            folder = os.path.dirname(final)
-            self._ensure_dir(folder)
             try:
-                try:
-                    os.link(tmp, final)
-                except FileNotFoundError:  # the partition folder was removed since it was made
-                    self._ensure_dir(folder, again=True)
-                    os.link(tmp, final)
+                self._in_folder(os.path.dirname(final), lambda: os.link(tmp, final))
             except FileExistsError:
                 return False
         finally:
