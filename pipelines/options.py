@@ -1,6 +1,10 @@
 """Command-line options of the delivery pipeline (every Beam option is accepted as well)."""
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from transforms.parse import ParseSettings
+
+_PARSE = ParseSettings(source_id="")  # the parse stage's defaults, so the flags cannot drift from them
+
 
 class DeliveryOptions(PipelineOptions):
     @classmethod
@@ -26,18 +30,18 @@ class DeliveryOptions(PipelineOptions):
         parser.add_argument("--input_dialect", default="auto",
                             choices=["auto", "segment", "snowplow", "cloudevents", "otel"],
                             help="The records' dialect; auto detects it per record (see README, Input dialects).")
-        parser.add_argument("--max_event_bytes", type=int, default=65_536,
+        parser.add_argument("--max_event_bytes", type=int, default=_PARSE.max_event_bytes,
                             help="Longer lines are dead-lettered as too_large.")
-        parser.add_argument("--max_nesting_depth", type=int, default=64,
+        parser.add_argument("--max_nesting_depth", type=int, default=_PARSE.max_nesting_depth,
                             help="Deeper events are dead-lettered as too_deep.")
-        parser.add_argument("--max_past_days", type=float, default=3_650,
+        parser.add_argument("--max_past_days", type=float, default=_PARSE.max_past_days,
                             help="Events timed more than this before received_at are timestamp_out_of_range.")
-        parser.add_argument("--max_future_hours", type=float, default=24,
+        parser.add_argument("--max_future_hours", type=float, default=_PARSE.max_future_hours,
                             help="Events timed more than this after received_at are timestamp_out_of_range.")
         # 16, not one per core: a worker holds one shard's events several times over while deduplicating
         # them (decoded, filtered, regrouped), so smaller shards cap its memory (1M events: 2.4 -> 1.9 GiB
         # summed over the local runner's processes, same time).
-        parser.add_argument("--shards", type=int, default=16,
+        parser.add_argument("--shards", type=int, default=_PARSE.shards,
                             help="Dedup shards: how many parallel groups duplicates are removed in.")
         parser.add_argument("--skip_preflight", action="store_true", default=False,
                             help="Skip the start-up checks of destinations (buckets exist, secrets resolve); "

@@ -42,7 +42,7 @@ class ParseSettings:
     tenant_id_field: str = "context.tenant_id"
     app_id_field: str = "context.app_id"
     consent_purposes: tuple = ()
-    shards: int = 16  # the default of --shards (see pipelines/options.py)
+    shards: int = 16  # see --shards in pipelines/options.py for why 16
     dialect: str = "auto"  # or one of segment, snowplow, cloudevents, otel (see transforms.dialects)
     max_envelope_bytes: int = 4 * 1024 * 1024  # a line holding many events (a batch or an OTLP export)
 
