@@ -1,9 +1,9 @@
-"""The shuffle coder for Arrow tables: exact round trips for small (one LZ4 frame over the message) and
-large (LZ4 per buffer) tables, slices included, and both forms smaller than uncompressed IPC."""
+"""The shuffle coder for Arrow tables: exact round trips for small (one zstd frame over the message) and
+large (zstd per buffer) tables, slices included, and both forms smaller than uncompressed IPC."""
 import pyarrow as pa
 import pytest
 
-from transforms.coders import WHOLE_MESSAGE_BELOW_ROWS, ArrowTableCoder
+from transforms.coders import WHOLE_MESSAGE_BELOW_ROWS, WHOLE_MESSAGE_MAGIC, ArrowTableCoder
 
 
 def table(rows: int) -> pa.Table:
@@ -33,7 +33,7 @@ def uncompressed(t: pa.Table) -> bytes:
 def test_encodings_are_smaller_than_plain_ipc(rows):
     t = table(rows)
     encoded = ArrowTableCoder().encode(t)
-    assert encoded.startswith(b"BHZ1") == (rows < WHOLE_MESSAGE_BELOW_ROWS)
+    assert encoded.startswith(WHOLE_MESSAGE_MAGIC) == (rows < WHOLE_MESSAGE_BELOW_ROWS)
     assert len(encoded) < len(uncompressed(t)) * 0.8
 
 
