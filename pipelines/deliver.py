@@ -10,7 +10,9 @@ Exit status: 0 success, 2 configuration error (every problem listed), 1 failed r
 """
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import re
 import sys
 
@@ -121,6 +123,23 @@ def _build_streaming(p, integrations, settings, dead_letter_path, stream) -> dic
     return outputs
 
 
+_M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
+
+
+def limit_malloc_arenas(default: int = 2) -> None:
+    """Cap glibc's malloc arenas for this process and the worker processes it starts, unless
+    ``MALLOC_ARENA_MAX`` is already set. glibc gives threads their own arenas (up to 8 per core), and the
+    runner's gRPC and bundle threads each keep freed memory in theirs: with two arenas, 1M events peaked
+    about 200 MiB lower over the controller and two workers, in the same time. Workers inherit the variable;
+    this process applies it with ``mallopt`` (before the runner starts its threads). Not glibc: no effect.
+    On Dataflow or Flink, set the variable in the worker image (the Dockerfile does)."""
+    arenas = os.environ.setdefault("MALLOC_ARENA_MAX", str(default))
+    try:
+        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, int(arenas))
+    except (AttributeError, OSError, ValueError):  # another C library, or a value glibc would ignore too
+        pass
+
+
 def streaming_source(opts):
     """The streaming source the options name, or None for a batch run."""
     if not (opts.input_subscription or opts.input_watch or opts.kafka_topic):
@@ -197,6 +216,7 @@ def run(argv=None) -> int:
         return 2
     enabled = [i for i in integrations if i.enabled]
     settings = parse_settings(opts, integrations)
+    limit_malloc_arenas()
     try:
         p = beam.Pipeline(options=options)
         stream = None if source is None else {"source": source, "dedup_window_seconds": opts.dedup_window_seconds,
