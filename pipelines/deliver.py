@@ -130,7 +130,7 @@ def limit_malloc_arenas(default: int = 2) -> None:
     """Cap glibc's malloc arenas for this process and the worker processes it starts, unless
     ``MALLOC_ARENA_MAX`` is already set. glibc gives threads their own arenas (up to 8 per core), and the
     runner's gRPC and bundle threads each keep freed memory in theirs: with two arenas, 1M events peaked
-    about 200 MiB lower over the controller and two workers, in the same time. Workers inherit the variable;
+    about 170 MiB lower over the controller and two workers, in the same time. Workers inherit the variable;
     this process applies it with ``mallopt`` (before the runner starts its threads). Not glibc: no effect.
     On Dataflow or Flink, set the variable in the worker image (the Dockerfile does)."""
     arenas = os.environ.setdefault("MALLOC_ARENA_MAX", str(default))
