@@ -124,16 +124,17 @@ def _build_streaming(p, integrations, settings, dead_letter_path, stream) -> dic
 
 
 _M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
+MALLOC_ARENAS = 2  # the default of MALLOC_ARENA_MAX for the job and its workers (the image sets the same)
 
 
-def limit_malloc_arenas(default: int = 2) -> None:
+def limit_malloc_arenas() -> None:
     """Cap glibc's malloc arenas for this process and the worker processes it starts, unless
     ``MALLOC_ARENA_MAX`` is already set. glibc gives threads their own arenas (up to 8 per core), and the
     runner's gRPC and bundle threads each keep freed memory in theirs: with two arenas, 1M events peaked
     about 170 MiB lower over the controller and two workers, in the same time. Workers inherit the variable;
     this process applies it with ``mallopt`` (before the runner starts its threads). Not glibc: no effect.
     On Dataflow or Flink, set the variable in the worker image (the Dockerfile does)."""
-    arenas = os.environ.setdefault("MALLOC_ARENA_MAX", str(default))
+    arenas = os.environ.setdefault("MALLOC_ARENA_MAX", str(MALLOC_ARENAS))
     try:
         ctypes.CDLL(None).mallopt(_M_ARENA_MAX, int(arenas))
     except (AttributeError, OSError, ValueError):  # another C library, or a value glibc would ignore too
