@@ -18,12 +18,15 @@ sent), re-serialised only where the tool changes the object (a page ``name`` mov
 """
 from __future__ import annotations
 
+import operator
+from itertools import repeat
 from typing import Annotated, Any, Literal, Optional, Union
 
 import msgspec
 import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 (pa.compute)
 
 from transforms.dialects.segment import _MOVED_TO_PROPERTIES, FIXED_EVENT_NAMES, MAX_ID_LENGTH, derive_event_id
 from transforms.timestamps import MAX_US, MIN_US, parse_timestamp_us
@@ -96,8 +99,20 @@ def timestamps_us(values: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     exactly, in int64."""
     n = len(values)
     out = np.zeros(n, dtype=np.int64)
-    present = np.fromiter((v is not None for v in values), dtype=bool, count=n)
     invalid = np.zeros(n, dtype=bool)
+    types = set(map(type, values))
+    if types <= {str, type(None)}:  # the common case: one Arrow conversion and cast for the whole column
+        if str not in types:
+            return out, np.zeros(n, dtype=bool), invalid
+        strings = pa.array(values, type=pa.string())
+        try:
+            parsed = strings.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass  # some string Arrow does not take: the general path below decides per value
+        else:
+            present = strings.is_valid().to_numpy(zero_copy_only=False)
+            return parsed.fill_null(0).to_numpy(), present, invalid
+    present = np.fromiter((v is not None for v in values), dtype=bool, count=n)
     str_pos = [i for i, v in enumerate(values) if type(v) is str]
     if str_pos:
         strings = [values[i] for i in str_pos]
@@ -177,6 +192,7 @@ class BulkNormaliser:
             return tuple(chain)
 
         self._getters = {name: getter(path) for name, path in paths.items()}
+        self._leaf_getters = {name: operator.attrgetter(".".join(chain)) for name, chain in self._getters.items()}
 
     def decode(self, line: bytes):
         """``(event, probe)`` for the fast path, or None to handle the line per event."""
@@ -185,21 +201,36 @@ class BulkNormaliser:
         except (msgspec.DecodeError, msgspec.ValidationError):
             return None
 
-    def _leaf(self, probes: list, name: str) -> list:
-        first, *rest = self._getters[name]
-        values = [getattr(p, first) for p in probes]
-        for attr in rest:
-            values = [UNSET if v is None or v is UNSET else getattr(v, attr) for v in values]
-        return values
+    def _leaf(self, probes, name: str) -> list:
+        chain = self._getters[name]
+        try:  # one C-level pass when every intermediate object is there (the common case)
+            return list(map(self._leaf_getters[name], probes))
+        except AttributeError:  # an intermediate is null or absent: step through, UNSET where missing
+            values = [getattr(p, chain[0]) for p in probes]
+            for attr in chain[1:]:
+                values = [UNSET if v is None or v is UNSET else getattr(v, attr) for v in values]
+            return values
 
     def run(self, decoded: list, processing_time_us: int, lines: list | None = None):
         """``decoded``: ``(event, probe)`` pairs from ``decode``; ``lines``: the lines they were decoded from
         (needed to derive the id of an event without ``messageId``). Returns ``(columns, accepted, rejected)``:
         the columns in batch-schema order up to ``_app_id`` plus one per consent purpose, for the accepted
-        events, and the positions (into ``decoded``) that must go per event."""
+        events, and the positions (into ``decoded``) that must go per event.
+
+        Per-event Python is what this stage's time goes to, so each field is read out once and everything after
+        runs as C-level passes (``map`` with ``operator``, numpy, Arrow); the columns of accepted events are the
+        lists read out, not copies, when every event is accepted."""
+        n = len(decoded)
+        if not n:
+            return [[] for _ in range(13 + len(self.purposes))], np.zeros(0, dtype=np.int64), []
         events = [d[0] for d in decoded]
         probes = [d[1] for d in decoded]
-        n = len(events)
+        kinds = [e.type for e in events]
+        ids = [e.messageId for e in events]
+        names = [e.event for e in events]
+        anon = [e.anonymousId for e in events]
+        user = [e.userId for e in events]
+        properties = [e.properties for e in events]
         received, r_present, r_bad = timestamps_us([e.receivedAt for e in events])
         received = np.where(r_present, received, processing_time_us)
         sent, s_present, s_bad = timestamps_us([e.sentAt for e in events])
@@ -209,47 +240,79 @@ class BulkNormaliser:
         # A bad time is rejected per event even where another one would be used: let that path decide.
         keep = ~(r_bad | s_bad | t_bad | o_bad)
         keep &= (timestamp >= received - self._max_past_us) & (timestamp <= received + self._max_future_us)
-        keep &= np.fromiter((e.anonymousId is not None or e.userId is not None for e in events), dtype=bool, count=n)
-        keep &= np.fromiter((e.type != "track" or bool(e.event) for e in events), dtype=bool, count=n)
-        properties = [e.properties for e in events]
-        named = np.fromiter((e.name is not UNSET or e.category is not UNSET or e.groupId is not UNSET
-                             or e.previousId is not UNSET for e in events), dtype=bool, count=n)
+        keep &= _is_not(anon, None) | _is_not(user, None)
+        # a track needs a non-empty event name (bool of None or "" is False)
+        keep &= ~_flags(map("track".__eq__, kinds), n) | _flags(map(bool, names), n)
+        named = np.zeros(n, dtype=bool)
+        for field in _MOVED_FIELDS:
+            named |= _is_not([getattr(e, field) for e in events], UNSET)
         for i in np.flatnonzero(keep & named).tolist():
             moved = _move_names(events[i], probes[i], self._getters)
             if moved is None:
                 keep[i] = False
             else:
                 properties[i] = moved
-        ids = [e.messageId for e in events]
-        for i in np.flatnonzero(keep).tolist():
-            if ids[i] is UNSET:  # the per-event rule: a digest of the whole event as parsed
-                if lines is None or self._source_id is None:
-                    keep[i] = False
-                else:
-                    ids[i] = derive_event_id(orjson.loads(lines[i]), self._source_id)
+        for i in np.flatnonzero(keep & ~_is_not(ids, UNSET)).tolist():
+            # the per-event rule: a digest of the whole event as parsed
+            if lines is None or self._source_id is None:
+                keep[i] = False
+            else:
+                ids[i] = derive_event_id(orjson.loads(lines[i]), self._source_id)
         accepted = np.flatnonzero(keep)
         rejected = np.flatnonzero(~keep).tolist()
-        acc = [events[i] for i in accepted]
-        acc_probes = [probes[i] for i in accepted]
-        kinds = [e.type for e in acc]
+        take = _taker(accepted, n)
+        acc_probes = take(probes)
+        fixed_names = pa.array(list(map(FIXED_EVENT_NAMES.get, take(kinds))), type=pa.string())
         columns = [
-            [ids[i] for i in accepted],
-            kinds,
-            [e.event if k == "track" else FIXED_EVENT_NAMES[k] for e, k in zip(acc, kinds)],
-            [e.anonymousId for e in acc],
-            [e.userId for e in acc],
+            take(ids),
+            take(kinds),
+            pa.compute.coalesce(fixed_names, pa.array(take(names), type=pa.string())),  # a track's own name
+            take(anon),
+            take(user),
             timestamp[accepted],
             received[accepted],
             pa.array(sent[accepted], type=pa.int64(), mask=~s_present[accepted]),
-            _json_column([e.context for e in acc]),
-            _json_column([properties[i] for i in accepted]),
-            _json_column([e.traits for e in acc]),
-            [_id_text(v) for v in self._leaf(acc_probes, "tenant")],
-            [_id_text(v) for v in self._leaf(acc_probes, "app")],
+            _json_column(take([e.context for e in events])),
+            _json_column(take(properties)),
+            _json_column(take([e.traits for e in events])),
+            _id_texts(self._leaf(acc_probes, "tenant")),
+            _id_texts(self._leaf(acc_probes, "app")),
         ]
         for purpose in self.purposes:
-            columns.append([v is True for v in self._leaf(acc_probes, f"consent:{purpose}")])
+            columns.append(list(map(operator.is_, self._leaf(acc_probes, f"consent:{purpose}"), repeat(True))))
         return columns, accepted, rejected
+
+
+_MOVED_FIELDS = ("name", "category", "groupId", "previousId")
+
+
+def _flags(values, n: int) -> np.ndarray:
+    return np.fromiter(values, dtype=bool, count=n)
+
+
+def _is_not(values, sentinel) -> np.ndarray:
+    """``[v is not sentinel for v in values]`` as a bool array, iterated in C."""
+    return _flags(map(operator.is_not, values, repeat(sentinel)), len(values))
+
+
+def _taker(positions: np.ndarray, n: int):
+    """A function picking ``positions`` (sorted, unique) out of a sequence of length ``n``; the sequence
+    itself when that is all of it (the common case: no copying)."""
+    if len(positions) == n:
+        return lambda seq: seq
+    if len(positions) == 0:
+        return lambda seq: []
+    if len(positions) == 1:
+        only = int(positions[0])
+        return lambda seq: [seq[only]]
+    return operator.itemgetter(*positions.tolist())
+
+
+def _id_texts(values) -> list:
+    """``_id_text`` of each value; the values themselves when they are all strings."""
+    if set(map(type, values)) <= {str}:
+        return values
+    return [_id_text(v) for v in values]
 
 
 # Top-level fields that move into properties, by type (``segment._MOVED_TO_PROPERTIES``): field -> property.
@@ -285,8 +348,19 @@ def _move_names(e, probe, getters):
     return b"{" + body + (b"," if body else b"") + b",".join(added) + b"}"
 
 
-def _json_column(raws: list) -> pa.Array:
-    """JSON texts (``msgspec.Raw`` or bytes; ``NO_JSON`` for absent) -> a string column. Lines reach the
-    fast path only once checked to be UTF-8, so the cast cannot fail on encoding."""
-    values = [None if r is NO_JSON or r == NULL_JSON else bytes(r) for r in raws]
-    return pa.array(values, type=pa.binary()).cast(pa.string())
+def _json_column(raws) -> pa.Array:
+    """JSON texts (``msgspec.Raw`` or bytes; ``NO_JSON`` for absent) -> a string column; absent and ``null``
+    are null. Built from one joined buffer and its offsets (no Python object per value). Lines reach the fast
+    path only once checked to be UTF-8, and a JSON text of a valid line is valid UTF-8 too."""
+    n = len(raws)
+    data = b"".join(raws)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, raws), dtype=np.int64, count=n), out=offsets[1:])
+    # ``null`` (4 bytes) is the only text that is null: check the 4-byte values only
+    short = np.flatnonzero(np.diff(offsets) == 4)
+    valid = np.ones(n, dtype=bool)
+    for i in short.tolist():
+        valid[i] = bytes(raws[i]) != b"null"
+    validity = None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return pa.Array.from_buffers(pa.large_string(), n, [validity, pa.py_buffer(offsets), pa.py_buffer(data)],
+                                 null_count=int(n - valid.sum())).cast(pa.string())
