@@ -79,8 +79,10 @@ def shard_of(event_id: str, shards: int) -> int:
 
 def split_by_shard(table: pa.Table, shards: int):
     """``(shard, rows)`` for each dedup shard present in ``table`` (rows of one event id share a shard)."""
-    keys = np.fromiter((shard_of(i, shards) for i in table["event_id"].to_pylist()), dtype=np.int64,
-                       count=table.num_rows)
+    # ``shard_of`` of each id, the loop in C: Arrow strings are valid UTF-8, so ``str.encode`` gives the same
+    # bytes as ``shard_of``'s surrogate-tolerant encoding.
+    ids = table["event_id"].to_pylist()
+    keys = np.fromiter(map(zlib.crc32, map(str.encode, ids)), dtype=np.int64, count=len(ids)) % shards
     # One gather orders the rows by shard; each shard is then a zero-copy slice (a gather per shard
     # costs a pass over every column each time).
     order = np.argsort(keys, kind="stable")
@@ -127,7 +129,10 @@ class _ParseBatchFn(beam.DoFn):
         now = deadletter.now_us()
         fast, fast_lines, slow = [], [], []
         seen = blank = 0
-        depth_limit = s.max_nesting_depth
+        # Locals, not attribute lookups: this loop runs once per line.
+        depth_limit, max_event_bytes = s.max_nesting_depth, s.max_event_bytes
+        use_fast = bulk.usable and s.dialect in ("auto", "segment")
+        decode, keep_fast, keep_line, keep_slow = bulk.decode, fast.append, fast_lines.append, slow.append
         for line in lines:
             if line.startswith(_BOM):
                 line = line[3:]
@@ -135,24 +140,24 @@ class _ParseBatchFn(beam.DoFn):
                 blank += 1
                 continue
             seen += 1
-            if len(line) > s.max_event_bytes:
+            if len(line) > max_event_bytes:
                 # A line of many events (a batch, an OTLP export) may be larger; its events are checked one by one.
                 if len(line) > s.max_envelope_bytes or not _may_be_envelope(line):
                     limit = s.max_envelope_bytes if _may_be_envelope(line) else s.max_event_bytes
                     yield self._reject("too_large", "parse", f"{len(line)} bytes exceeds {limit}", line)
                     continue
-                slow.append(line)
+                keep_slow(line)
                 continue
             # The fast path takes lines that are valid UTF-8 and shallow enough by bracket count (it keeps
             # nested objects as text, so it must not see what the per-event checks would refuse).
-            if (bulk.usable and s.dialect in ("auto", "segment") and line.count(b"{") + line.count(b"[") <= depth_limit
+            if (use_fast and line.count(b"{") + line.count(b"[") <= depth_limit
                     and (line.isascii() or _valid_utf8(line))):
-                decoded = bulk.decode(line)
+                decoded = decode(line)
                 if decoded is not None:
-                    fast.append(decoded)
-                    fast_lines.append(line)
+                    keep_fast(decoded)
+                    keep_line(line)
                     continue
-            slow.append(line)
+            keep_slow(line)
         self._input.inc(seen)
         if blank:
             self._blank.inc(blank)

@@ -193,6 +193,7 @@ class BulkNormaliser:
 
         self._getters = {name: getter(path) for name, path in paths.items()}
         self._leaf_getters = {name: operator.attrgetter(".".join(chain)) for name, chain in self._getters.items()}
+        self._move_plans = _move_plans(self._leaf_getters)
 
     def decode(self, line: bytes):
         """``(event, probe)`` for the fast path, or None to handle the line per event."""
@@ -246,8 +247,9 @@ class BulkNormaliser:
         named = np.zeros(n, dtype=bool)
         for field in _MOVED_FIELDS:
             named |= _is_not([getattr(e, field) for e in events], UNSET)
+        plans = self._move_plans
         for i in np.flatnonzero(keep & named).tolist():
-            moved = _move_names(events[i], probes[i], self._getters)
+            moved = _move_names(events[i], probes[i], plans[kinds[i]])
             if moved is None:
                 keep[i] = False
             else:
@@ -320,28 +322,43 @@ _MOVES = {kind: dict(moves) for kind, moves in _MOVED_TO_PROPERTIES.items()}
 _MOVED = sorted({dst for moves in _MOVES.values() for dst in moves.values()})
 
 
-def _move_names(e, probe, getters):
+def _move_plans(leaf_getters: dict) -> dict:
+    """For each event type, what ``_move_names`` does with it: ``(moves, refused)`` where ``moves`` is
+    ``(field, '"property":' as JSON, getter of the property in the probe)`` for each field the type moves,
+    and ``refused`` the fields the type takes no such move for."""
+    plans = {}
+    for kind in FIXED_EVENT_NAMES.keys() | {"track"}:
+        moves = _MOVES.get(kind, {})
+        plans[kind] = (tuple((src, orjson.dumps(dst) + b":", leaf_getters[dst]) for src, dst in moves.items()),
+                       tuple(src for src in _MOVED_FIELDS if src not in moves))
+    return plans
+
+
+def _move_names(e, probe, plan):
     """Page/screen ``name``/``category``, group ``groupId``, alias ``previousId`` into ``properties`` (the
     per-event rule): appended to the JSON text when the property is absent, unchanged when it holds the
     same value. None - handle per event, where the field goes to ``context._unmapped`` - when it holds
-    another value, the field is null or the type takes no such field."""
-    moves = _MOVES.get(e.type, {})
-    props = b"{}" if e.properties is NO_JSON or e.properties == NULL_JSON else bytes(e.properties)
+    another value, the field is null or the type takes no such field. ``plan``: ``_move_plans()[e.type]``."""
+    moves, refused = plan
+    for src in refused:
+        if getattr(e, src) is not UNSET:
+            return None
     added = []
-    for src in ("name", "category", "groupId", "previousId"):
+    for src, key, leaf in moves:
         value = getattr(e, src)
         if value is UNSET:
             continue
-        dst = moves.get(src)
-        if dst is None or value is None:
+        if value is None:
             return None
-        node = probe
-        for attr in getters[dst]:
-            node = UNSET if node is None or node is UNSET else getattr(node, attr)
+        try:
+            node = leaf(probe)
+        except AttributeError:  # properties absent or null: so is the property
+            node = UNSET
         if node is UNSET:
-            added.append(orjson.dumps(dst) + b":" + orjson.dumps(value))
+            added.append(key + orjson.dumps(value))
         elif node != value or type(node) is not str:
             return None
+    props = b"{}" if e.properties is NO_JSON or e.properties == NULL_JSON else bytes(e.properties)
     if not added:
         return props
     body = props[1:-1].strip()
@@ -354,13 +371,15 @@ def _json_column(raws) -> pa.Array:
     path only once checked to be UTF-8, and a JSON text of a valid line is valid UTF-8 too."""
     n = len(raws)
     data = b"".join(raws)
-    offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.fromiter(map(len, raws), dtype=np.int64, count=n), out=offsets[1:])
+    large = len(data) >= 2**31  # past 32-bit offsets (a batch of over 2 GB of JSON)
+    offsets = np.zeros(n + 1, dtype=np.int64 if large else np.int32)
+    np.cumsum(np.fromiter(map(len, raws), dtype=offsets.dtype, count=n), out=offsets[1:])
     # ``null`` (4 bytes) is the only text that is null: check the 4-byte values only
     short = np.flatnonzero(np.diff(offsets) == 4)
     valid = np.ones(n, dtype=bool)
     for i in short.tolist():
         valid[i] = bytes(raws[i]) != b"null"
     validity = None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
-    return pa.Array.from_buffers(pa.large_string(), n, [validity, pa.py_buffer(offsets), pa.py_buffer(data)],
-                                 null_count=int(n - valid.sum())).cast(pa.string())
+    column = pa.Array.from_buffers(pa.large_string() if large else pa.string(), n,
+                                   [validity, pa.py_buffer(offsets), pa.py_buffer(data)], null_count=int(n - valid.sum()))
+    return column.cast(pa.string()) if large else column
