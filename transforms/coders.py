@@ -66,8 +66,10 @@ class ArrowTableCoder(coders.Coder):
         return decode_table(encoded)
 
     def estimate_size(self, value: pa.Table) -> int:
-        # Beam sizes elements for its metrics by encoding them unless told; the in-memory size will do.
-        return value.nbytes
+        # Beam sizes elements for its metrics by encoding them unless told; the buffers' size will do.
+        # ``get_total_buffer_size`` sums whole buffers (a slice counts its parent's); ``nbytes`` works out the
+        # bytes a slice references, which on the shuffled slices cost 1.7 s of worker time per 1M events (py-spy).
+        return value.get_total_buffer_size()
 
     def is_deterministic(self) -> bool:
         return False  # never used as a key
