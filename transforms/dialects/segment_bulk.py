@@ -26,7 +26,7 @@ import msgspec
 import numpy as np
 import orjson
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401 (pa.compute)
+import pyarrow.compute as pc
 
 from transforms.dialects.segment import _MOVED_TO_PROPERTIES, FIXED_EVENT_NAMES, MAX_ID_LENGTH, derive_event_id
 from transforms.timestamps import MAX_US, MIN_US, parse_timestamp_us
@@ -268,7 +268,7 @@ class BulkNormaliser:
         columns = [
             take(ids),
             take(kinds),
-            pa.compute.coalesce(fixed_names, pa.array(take(names), type=pa.string())),  # a track's own name
+            pc.coalesce(fixed_names, pa.array(take(names), type=pa.string())),  # a track's own name
             take(anon),
             take(user),
             timestamp[accepted],
@@ -298,16 +298,12 @@ def _is_not(values, sentinel) -> np.ndarray:
 
 
 def _taker(positions: np.ndarray, n: int):
-    """A function picking ``positions`` (sorted, unique) out of a sequence of length ``n``; the sequence
-    itself when that is all of it (the common case: no copying)."""
+    """A function picking ``positions`` out of a sequence of length ``n``; the sequence itself when that is
+    all of it (the common case: no copying)."""
     if len(positions) == n:
         return lambda seq: seq
-    if len(positions) == 0:
-        return lambda seq: []
-    if len(positions) == 1:
-        only = int(positions[0])
-        return lambda seq: [seq[only]]
-    return operator.itemgetter(*positions.tolist())
+    picked = positions.tolist()
+    return lambda seq: [seq[i] for i in picked]
 
 
 def _id_texts(values) -> list:
