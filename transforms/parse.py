@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import typing
 import zlib
+from itertools import repeat
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -79,10 +80,8 @@ def shard_of(event_id: str, shards: int) -> int:
 
 def split_by_shard(table: pa.Table, shards: int):
     """``(shard, rows)`` for each dedup shard present in ``table`` (rows of one event id share a shard)."""
-    # ``shard_of`` of each id, the loop in C: Arrow strings are valid UTF-8, so ``str.encode`` gives the same
-    # bytes as ``shard_of``'s surrogate-tolerant encoding.
-    ids = table["event_id"].to_pylist()
-    keys = np.fromiter(map(zlib.crc32, map(str.encode, ids)), dtype=np.int64, count=len(ids)) % shards
+    keys = np.fromiter(map(shard_of, table["event_id"].to_pylist(), repeat(shards)), dtype=np.int64,
+                       count=table.num_rows)
     # One gather orders the rows by shard; each shard is then a zero-copy slice (a gather per shard
     # costs a pass over every column each time).
     order = np.argsort(keys, kind="stable")

@@ -203,10 +203,10 @@ class BulkNormaliser:
             return None
 
     def _leaf(self, probes, name: str) -> list:
-        chain = self._getters[name]
         try:  # one C-level pass when every intermediate object is there (the common case)
             return list(map(self._leaf_getters[name], probes))
         except AttributeError:  # an intermediate is null or absent: step through, UNSET where missing
+            chain = self._getters[name]
             values = [getattr(p, chain[0]) for p in probes]
             for attr in chain[1:]:
                 values = [UNSET if v is None or v is UNSET else getattr(v, attr) for v in values]
