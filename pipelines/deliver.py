@@ -23,7 +23,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines.options import DeliveryOptions
-from transforms import accounting, secrets
+from transforms import accounting, coders, secrets
 from transforms.dedup import DeduplicateEvents
 from transforms.deadletter import WriteDeadLetters
 from transforms.integrations import load_integrations
@@ -205,6 +205,9 @@ def run(argv=None) -> int:
         if getattr(opts, name) <= 0:
             errors.append(f"--{name}: must be positive")
     errors += _check_inputs(inputs)
+    spill_error = coders.spill_options_error(options)
+    if spill_error:
+        errors.append(spill_error)
     for name in ("max_event_bytes", "max_nesting_depth", "shards"):
         if getattr(opts, name) < 1:
             errors.append(f"--{name}: must be at least 1")
@@ -219,20 +222,23 @@ def run(argv=None) -> int:
     settings = parse_settings(opts, integrations)
     limit_malloc_arenas()
     try:
-        p = beam.Pipeline(options=options)
-        stream = None if source is None else {"source": source, "dedup_window_seconds": opts.dedup_window_seconds,
-                                              "allowed_lateness_seconds": opts.allowed_lateness_seconds}
-        build_pipeline(p, inputs, enabled, settings, opts.dead_letter, per_line=opts.per_line_input, stream=stream)
-        result = p.run()
-        try:
-            result.wait_until_finish()
-        except KeyboardInterrupt:  # streaming runs until stopped; report what was done so far
-            result.cancel()
-            summary = accounting.summarise(accounting.counters(result), enabled)
-            print("streaming job stopped: figures so far (events still buffered are not counted, so the "
-                  "totals need not balance)")
-            print(accounting.format_summary(summary))
-            return 0
+        with coders.local_spill_dir(options) as spill:
+            p = beam.Pipeline(options=options)
+            if spill:
+                coders.spill_shuffles(p, spill)
+            stream = None if source is None else {"source": source, "dedup_window_seconds": opts.dedup_window_seconds,
+                                                  "allowed_lateness_seconds": opts.allowed_lateness_seconds}
+            build_pipeline(p, inputs, enabled, settings, opts.dead_letter, per_line=opts.per_line_input, stream=stream)
+            result = p.run()
+            try:
+                result.wait_until_finish()
+            except KeyboardInterrupt:  # streaming runs until stopped; report what was done so far
+                result.cancel()
+                summary = accounting.summarise(accounting.counters(result), enabled)
+                print("streaming job stopped: figures so far (events still buffered are not counted, so the "
+                      "totals need not balance)")
+                print(accounting.format_summary(summary))
+                return 0
     except Exception as exc:  # noqa: BLE001 - report and exit 1; the traceback goes to the debug log
         log.debug("run failed", exc_info=True)
         print(f"run failed: {type(exc).__name__}: {exc}", file=sys.stderr)

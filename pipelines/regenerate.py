@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from transforms import accounting, secrets
+from transforms import accounting, coders, secrets
 from transforms.archive import read_lines, reported_files, rows_to_batch
 from transforms.deadletter import WriteDeadLetters, count, make_record
 from transforms.dedup import DeduplicateEvents
@@ -155,8 +155,14 @@ def run(argv=None) -> int:
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = "FnApiRunner"
     purposes = tuple(export.config.consent.require) if export.config.consent else ()
+    spill_error = coders.spill_options_error(options)
+    if spill_error:
+        print(f"1 configuration error(s):\n  {spill_error}", file=sys.stderr)
+        return 2
     try:
-        with beam.Pipeline(options=options) as p:
+        with coders.local_spill_dir(options) as spill, beam.Pipeline(options=options) as p:
+            if spill:
+                coders.spill_shuffles(p, spill)
             read = (p | "ArchiveFiles" >> beam.Create(files)
                     | "Reshuffle" >> beam.Reshuffle()
                     | "ReadArchive" >> beam.ParDo(_ReadArchiveFileFn(

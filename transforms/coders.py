@@ -15,14 +15,31 @@ Why zstd at level 1 and not LZ4: a batch runner holds every shuffled byte, and i
 grouped PCollection again when it hands it to the workers. Level 1 makes event batches about a third smaller
 than LZ4 (14 MB against 20 MB per 200,000 events); on 1M events the job's peak memory fell by about 150 MiB
 for the same run time (encoding costs a little more, the smaller shuffle gives it back).
+
+Spilling (local runners): a local batch runner keeps every shuffled byte in its controller's memory, and
+hands each grouped PCollection to the workers through it. ``spill_shuffles(pipeline, directory)`` makes the
+``GroupTablesByKey`` transforms applied to ``pipeline`` write each encoded batch to a file in ``directory``
+and pass only its name through the shuffle, as a batch engine's disk-based shuffle does; the grouping reads
+the files back. ``local_spill_dir(options)`` gives a batch run on a local runner a fresh directory for this
+and removes it when the run ends (``--shuffle_spill_dir`` picks where, ``--no_shuffle_spill`` turns it off).
+Dataflow and Flink shuffle outside the workers' memory already, and their workers cannot see the launching
+machine's disk: they never spill. On 1M events (two worker processes) spilling took the job from 20.6 s and
+1500 MiB to 15.4 s and 1039 MiB: the controller no longer holds or relays the data.
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import tempfile
 import typing
+import uuid
+import weakref
 
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam import coders
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 _CODEC = pa.Codec("zstd", compression_level=1)
 _OPTIONS = pa.ipc.IpcWriteOptions(compression=_CODEC)
@@ -95,13 +112,104 @@ def _from_bytes(kv):
     return kv[0], [decode_table(data) for data in kv[1]]
 
 
+class ShuffleOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--shuffle_spill_dir", default=None,
+                            help="Local batch runs: where event batches crossing a shuffle are written (a fresh "
+                                 "folder per run in this directory, removed at the end; default: the system "
+                                 "temp directory). About 120 MB per million events.")
+        parser.add_argument("--no_shuffle_spill", action="store_true", default=False,
+                            help="Local batch runs: keep shuffled event batches in the runner's memory instead.")
+
+
+# The local runners, by the names --runner takes (a dotted path ends with one of them).
+LOCAL_RUNNERS = ("DirectRunner", "SwitchingDirectRunner", "FnApiRunner", "BundleBasedDirectRunner")
+
+
+def is_local_batch(options: PipelineOptions) -> bool:
+    standard = options.view_as(StandardOptions)
+    runner = standard.runner if isinstance(standard.runner, str) else type(standard.runner).__name__
+    return not standard.streaming and str(runner).rsplit(".", 1)[-1] in LOCAL_RUNNERS
+
+
+def spill_options_error(options: PipelineOptions) -> str | None:
+    """Why the spill options cannot apply to this run, or None."""
+    spill = options.view_as(ShuffleOptions)
+    if spill.shuffle_spill_dir and not is_local_batch(options):
+        return ("--shuffle_spill_dir: only local batch runs spill shuffles (a remote runner's workers cannot "
+                "see this machine's disk, and Dataflow and Flink shuffle outside their memory already)")
+    return None
+
+
+@contextlib.contextmanager
+def local_spill_dir(options: PipelineOptions):
+    """Yield a fresh spill directory for a batch run on a local runner (None for any other run, or with
+    ``--no_shuffle_spill``), and remove it, with everything in it, when the block ends."""
+    spill = options.view_as(ShuffleOptions)
+    if spill.no_shuffle_spill or not is_local_batch(options):
+        yield None
+        return
+    directory = tempfile.mkdtemp(prefix="beamhouse-shuffle-", dir=spill.shuffle_spill_dir)
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+_SPILL_DIRS: "weakref.WeakKeyDictionary[beam.Pipeline, str]" = weakref.WeakKeyDictionary()
+
+
+def spill_shuffles(pipeline: beam.Pipeline, directory: str) -> None:
+    """Make the ``GroupTablesByKey`` transforms applied to ``pipeline`` from now on pass batches through files
+    in ``directory`` (see the module docstring). Every worker must see ``directory``: local runners only."""
+    _SPILL_DIRS[pipeline] = directory
+
+
+class _SpillFn(beam.DoFn):
+    """``(key, Table)`` -> ``(key, file name)``: the encoded table written to a new file in the spill
+    directory. Names are unique per call, so a retried bundle never overwrites a file that another attempt's
+    output refers to; the directory goes as a whole when the run ends."""
+
+    def __init__(self, directory: str):
+        self._dir = directory
+
+    def process(self, kv):
+        name = uuid.uuid4().hex
+        # No fsync: the files live only as long as the run, and a crash fails the run anyway.
+        with open(os.path.join(self._dir, name), "xb") as fh:
+            fh.write(encode_table(kv[1]))
+        yield kv[0], name
+
+
+class _UnspillFn(beam.DoFn):
+    """``(key, [file name])`` -> ``(key, [Table])``."""
+
+    def __init__(self, directory: str):
+        self._dir = directory
+
+    def process(self, kv):
+        tables = []
+        for name in kv[1]:
+            with open(os.path.join(self._dir, name), "rb") as fh:
+                tables.append(decode_table(fh.read()))
+        yield kv[0], tables
+
+
 class GroupTablesByKey(beam.PTransform):
     """``(key, Table)`` -> ``(key, list[Table])``, as ``GroupByKey`` groups, with the tables crossing the
-    shuffle as compressed IPC bytes (see the module docstring). Keys need a deterministic coder, as for
-    ``GroupByKey``; windowing and triggers apply unchanged."""
+    shuffle as compressed IPC bytes, or as files when the pipeline spills (see the module docstring). Keys
+    need a deterministic coder, as for ``GroupByKey``; windowing and triggers apply unchanged."""
 
     def expand(self, keyed_tables):
+        directory = _SPILL_DIRS.get(keyed_tables.pipeline)
+        if directory is None:
+            encode, decode = beam.Map(_to_bytes), beam.Map(_from_bytes)
+            crossing = bytes
+        else:
+            encode, decode = beam.ParDo(_SpillFn(directory)), beam.ParDo(_UnspillFn(directory))
+            crossing = str
         return (keyed_tables
-                | "Encode" >> beam.Map(_to_bytes).with_output_types(typing.Tuple[typing.Any, bytes])
+                | "Encode" >> encode.with_output_types(typing.Tuple[typing.Any, crossing])
                 | "Group" >> beam.GroupByKey()
-                | "Decode" >> beam.Map(_from_bytes).with_output_types(typing.Tuple[typing.Any, typing.List[pa.Table]]))
+                | "Decode" >> decode.with_output_types(typing.Tuple[typing.Any, typing.List[pa.Table]]))

@@ -270,24 +270,62 @@ def test_readme_example_command_runs_as_written(tmp_path):
     assert "pytest" in readme_command("pytest") and readme_command("pytest") in (REPO / ".ci" / "run").read_text()
 
 
-def test_multi_process_workers_deliver_the_same(tmp_path):
-    """FnApiRunner with two worker processes: same files, same rows, balanced accounting."""
+def test_multi_process_workers_and_the_unspilled_shuffle_deliver_the_same(tmp_path):
+    """FnApiRunner with two worker processes (which read batches that the other one spilled), and in one
+    process with the shuffle kept in memory (``--no_shuffle_spill``): same files, same rows, balanced
+    accounting, and nothing left in the spill directory."""
     shutil.copytree(REPO / "examples", tmp_path / "examples")
+    spill = tmp_path / "spill"
+    spill.mkdir()
     argv = ["--integrations=examples/integrations.json", "--input=examples/events/*.ndjson",
-            "--dead_letter=out/dead_letters", "--summary=out/summary.json", RUNNER]
-    for extra, cwd in [([], tmp_path / "single"), (["--direct_running_mode=multi_processing",
-                                                    "--direct_num_workers=2"], tmp_path / "multi")]:
+            "--dead_letter=out/dead_letters", "--summary=out/summary.json", RUNNER, f"--shuffle_spill_dir={spill}"]
+    runs = [([], "single"), (["--direct_running_mode=multi_processing", "--direct_num_workers=2"], "multi"),
+            (["--no_shuffle_spill"], "unspilled")]
+    for extra, name in runs:
+        cwd = tmp_path / name
         cwd.mkdir()
         shutil.copytree(tmp_path / "examples", cwd / "examples")
         result = subprocess.run([sys.executable, "-m", "pipelines.deliver", *argv, *extra], cwd=cwd,
                                 capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
         assert result.returncode == 0, result.stderr[-2000:]
+        assert list(spill.iterdir()) == []
 
     def files(root):
         return sorted((str(p.relative_to(root)), p.read_bytes()) for p in (root / "out" / "lake").rglob("*.parquet"))
-    assert files(tmp_path / "single") == files(tmp_path / "multi")
-    s = orjson.loads((tmp_path / "multi" / "out" / "summary.json").read_bytes())
-    assert s["balanced"] and s["integrations"]["warehouse"]["rows_inserted"] == s["integrations"]["local_lake"]["delivered"]
+    assert files(tmp_path / "single") and files(tmp_path / "single") == files(tmp_path / "multi") == files(
+        tmp_path / "unspilled")
+    for name in ("multi", "unspilled"):
+        s = orjson.loads((tmp_path / name / "out" / "summary.json").read_bytes())
+        integ = s["integrations"]
+        assert s["balanced"] and integ["warehouse"]["rows_inserted"] == integ["local_lake"]["delivered"]
+
+
+def test_a_local_batch_run_spills_its_shuffles_and_a_remote_one_may_not(tmp_path, monkeypatch, capsys):
+    """The local run passes every batch that crosses a shuffle through a file (dedup, and each file
+    integration's partition grouping); ``--shuffle_spill_dir`` with a remote runner is a configuration error."""
+    from transforms import coders
+
+    spilled = []
+    real = coders._SpillFn.process
+
+    def counting(self, kv):
+        spilled.append(kv[1].num_rows)
+        return real(self, kv)
+
+    monkeypatch.setattr(coders._SpillFn, "process", counting)  # in-process runner: the same class object
+    lines, _ = generate(n=300, seed=5, tenants=3)
+    (tmp_path / "in.ndjson").write_bytes(b"\n".join(lines) + b"\n")
+    config = [{"source_id": "src_example", "vendor": "files", "name": "Lake", "config": {
+        "path": str(tmp_path / "lake"), "file_format": "parquet"}}]
+    (tmp_path / "integrations.json").write_bytes(orjson.dumps(config))
+    argv = [f"--integrations={tmp_path / 'integrations.json'}", f"--input={tmp_path / 'in.ndjson'}",
+            f"--dead_letter={tmp_path / 'dead'}", f"--summary={tmp_path / 'summary.json'}"]
+    assert deliver.run(argv + [RUNNER]) == 0
+    summary = orjson.loads((tmp_path / "summary.json").read_bytes())
+    # Every parsed event crossed the dedup shuffle as a file, every delivered one the partition shuffle.
+    assert sum(spilled) == summary["unique"] + summary["duplicates"] + summary["integrations"]["lake"]["delivered"]
+    assert deliver.run(argv + ["--runner=DataflowRunner", f"--shuffle_spill_dir={tmp_path}"]) == 2
+    assert "--shuffle_spill_dir: only local batch runs" in capsys.readouterr().err
 
 
 def _holds_table(obj, depth=0) -> bool:

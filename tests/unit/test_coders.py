@@ -1,5 +1,8 @@
 """The shuffle coder for Arrow tables: exact round trips for small (one zstd frame over the message) and
-large (zstd per buffer) tables, slices included, and both forms smaller than uncompressed IPC."""
+large (zstd per buffer) tables, slices included, and both forms smaller than uncompressed IPC; grouping with
+and without spilling to files, and when a run spills."""
+import os
+
 import pyarrow as pa
 import pytest
 
@@ -60,3 +63,60 @@ def test_group_tables_by_key_groups_tables_that_cross_the_shuffle_as_bytes():
         kv_coder = proto.components.coders[kv_coder.component_coder_ids[0]]
     assert proto.components.coders[kv_coder.component_coder_ids[1]].spec.urn == "beam:coder:bytes:v1"
     p.run().wait_until_finish()
+
+
+def _gbk_value_coder_urn(proto, name):
+    gbk = next(t for t in proto.components.transforms.values() if t.unique_name == name)
+    kv_coder = proto.components.coders[proto.components.pcollections[next(iter(gbk.inputs.values()))].coder_id]
+    while kv_coder.spec.urn != "beam:coder:kv:v1":
+        kv_coder = proto.components.coders[kv_coder.component_coder_ids[0]]
+    return proto.components.coders[kv_coder.component_coder_ids[1]].spec.urn
+
+
+def test_a_spilling_pipeline_groups_tables_through_files(tmp_path):
+    """With ``spill_shuffles`` the shuffle carries file names (strings) and the tables go through files in the
+    spill directory, one per batch; the groups are the same as without it."""
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from transforms.coders import GroupTablesByKey, spill_shuffles
+
+    p = TestPipeline(runner="FnApiRunner")
+    spill_shuffles(p, str(tmp_path))
+    sizes = [("a", 3), ("b", 5), ("a", 2), ("a", WHOLE_MESSAGE_BELOW_ROWS + 1)]
+    grouped = (p
+               | beam.Create(sizes)
+               | beam.Map(lambda kv: (kv[0], table(kv[1])))
+               | "Group" >> GroupTablesByKey())
+    rows = grouped | beam.Map(lambda kv: (kv[0], sorted(t.num_rows for t in kv[1]), all(
+        t.equals(table(t.num_rows)) for t in kv[1])))
+    assert_that(rows, equal_to([("a", [2, 3, WHOLE_MESSAGE_BELOW_ROWS + 1], True), ("b", [5], True)]))
+    assert _gbk_value_coder_urn(p.to_runner_api(), "Group/Group") == "beam:coder:string_utf8:v1"
+    p.run().wait_until_finish()
+    assert len(list(tmp_path.iterdir())) == len(sizes)
+
+
+def test_local_spill_dir_only_for_local_batch_runs_and_removed_after(tmp_path):
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from transforms.coders import local_spill_dir, spill_options_error
+
+    local = PipelineOptions(["--runner=FnApiRunner", f"--shuffle_spill_dir={tmp_path}"])
+    assert spill_options_error(local) is None
+    with local_spill_dir(local) as spill:
+        assert spill is not None and os.path.dirname(spill) == str(tmp_path)
+        open(os.path.join(spill, "batch"), "wb").close()
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(RuntimeError), local_spill_dir(local):  # removed when the run fails too
+        raise RuntimeError("run failed")
+    assert list(tmp_path.iterdir()) == []
+    for argv in (["--runner=FnApiRunner", "--no_shuffle_spill"], ["--runner=FnApiRunner", "--streaming"],
+                 ["--runner=DataflowRunner"], ["--runner=FlinkRunner"]):
+        with local_spill_dir(PipelineOptions(argv)) as spill:
+            assert spill is None, argv
+    for runner in ("DirectRunner", "apache_beam.runners.portability.fn_api_runner.FnApiRunner"):
+        with local_spill_dir(PipelineOptions([f"--runner={runner}"])) as spill:
+            assert spill is not None and os.path.isdir(spill)
+    remote = PipelineOptions(["--runner=DataflowRunner", f"--shuffle_spill_dir={tmp_path}"])
+    assert "only local batch runs" in spill_options_error(remote)
