@@ -18,6 +18,7 @@ import sys
 
 import apache_beam as beam
 import orjson
+import pyarrow as pa
 from apache_beam.coders import BytesCoder
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
@@ -141,6 +142,27 @@ def limit_malloc_arenas() -> None:
         pass
 
 
+ARROW_POOL = "jemalloc"  # the Arrow memory pool for the job and its workers (the image sets the same)
+
+
+def lean_arrow_pool() -> None:
+    """Make jemalloc Arrow's memory pool for this process and the worker processes it starts, unless
+    ``ARROW_DEFAULT_MEMORY_POOL`` is already set or this pyarrow has no jemalloc (then Arrow's default stays).
+    pyarrow's default, mimalloc, kept the batches the dedup and write stages had freed: on 1M events
+    jemalloc took the peak from about 1020 to 860 MiB over the controller and two workers, in the same time
+    (about 85 MiB less in one process running the same stages alone). Workers read the variable when they
+    import pyarrow; this process, which has imported it, switches its pool. On Dataflow or Flink, set the
+    variable in the worker image (the Dockerfile does)."""
+    if "ARROW_DEFAULT_MEMORY_POOL" in os.environ:
+        return
+    try:
+        pool = pa.jemalloc_memory_pool()
+    except NotImplementedError:  # built without jemalloc (Windows wheels)
+        return
+    os.environ["ARROW_DEFAULT_MEMORY_POOL"] = ARROW_POOL
+    pa.set_memory_pool(pool)
+
+
 def streaming_source(opts):
     """The streaming source the options name, or None for a batch run."""
     if not (opts.input_subscription or opts.input_watch or opts.kafka_topic):
@@ -221,6 +243,7 @@ def run(argv=None) -> int:
     enabled = [i for i in integrations if i.enabled]
     settings = parse_settings(opts, integrations)
     limit_malloc_arenas()
+    lean_arrow_pool()
     try:
         with coders.local_spill_dir(options) as spill:
             p = beam.Pipeline(options=options)

@@ -58,3 +58,30 @@ def test_malloc_arena_cap_reaches_workers_and_keeps_a_users_setting(monkeypatch)
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
     limit_malloc_arenas()
     assert os.environ["MALLOC_ARENA_MAX"] == "4"
+
+
+def test_arrow_pool_is_jemalloc_for_the_job_and_its_workers_unless_set(monkeypatch):
+    """The job switches its own Arrow pool to jemalloc and its worker processes inherit
+    ARROW_DEFAULT_MEMORY_POOL (as in the image); a value the user set is kept."""
+    import subprocess
+
+    import pyarrow as pa
+
+    from pipelines.deliver import ARROW_POOL, lean_arrow_pool
+
+    assert re.search(rf"^ENV ARROW_DEFAULT_MEMORY_POOL={ARROW_POOL}$", (ROOT / "Dockerfile").read_text(), re.M)
+    before = pa.default_memory_pool()
+    monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)
+    try:
+        lean_arrow_pool()
+        assert pa.default_memory_pool().backend_name == ARROW_POOL
+        probe = "import pyarrow as pa; print(pa.default_memory_pool().backend_name)"
+        child = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+        assert child.stdout.strip() == ARROW_POOL
+        monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", "system")
+        pa.set_memory_pool(before)
+        lean_arrow_pool()
+        assert os.environ["ARROW_DEFAULT_MEMORY_POOL"] == "system"
+        assert pa.default_memory_pool().backend_name == before.backend_name
+    finally:
+        pa.set_memory_pool(before)
