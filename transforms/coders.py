@@ -18,9 +18,9 @@ for the same run time (encoding costs a little more, the smaller shuffle gives i
 
 Spilling (local runners): a local batch runner keeps every shuffled byte in its controller's memory, and
 hands each grouped PCollection to the workers through it. ``spill_shuffles(pipeline, directory)`` makes the
-``GroupTablesByKey`` transforms applied to ``pipeline`` write each encoded batch to a file in ``directory``
-and pass only its name through the shuffle, as a batch engine's disk-based shuffle does; the grouping reads
-the files back. ``local_spill_dir(options)`` gives a batch run on a local runner a fresh directory for this
+``GroupTablesByKey`` transforms applied to ``pipeline`` append each encoded batch to a file in ``directory``
+(one per bundle) and pass only its place through the shuffle, as a batch engine's disk-based shuffle does;
+the grouping reads the batches back. ``local_spill_dir(options)`` gives a batch run on a local runner a fresh directory for this
 and removes it when the run ends (``--shuffle_spill_dir`` picks where, ``--no_shuffle_spill`` turns it off).
 Dataflow and Flink shuffle outside the workers' memory already, and their workers cannot see the launching
 machine's disk: they never spill. On 1M events (two worker processes) spilling took the job from 20.6 s and
@@ -167,32 +167,51 @@ def spill_shuffles(pipeline: beam.Pipeline, directory: str) -> None:
 
 
 class _SpillFn(beam.DoFn):
-    """``(key, Table)`` -> ``(key, file name)``: the encoded table written to a new file in the spill
-    directory. Names are unique per call, so a retried bundle never overwrites a file that another attempt's
-    output refers to; the directory goes as a whole when the run ends."""
+    """``(key, Table)`` -> ``(key, "file:offset:length")``: the encoded table appended to this bundle's
+    spill file. One file per bundle, not per batch: creating a file cost about 0.35 ms on this machine's
+    disk, appending almost nothing. The file is closed when the bundle finishes, before any consumer of the
+    shuffle runs. Names are unique per bundle, so a retried bundle never touches a file that another
+    attempt's output refers to; the directory goes as a whole when the run ends."""
 
     def __init__(self, directory: str):
         self._dir = directory
 
+    def start_bundle(self):
+        self._file = None
+
     def process(self, kv):
-        name = uuid.uuid4().hex
-        # No fsync: the files live only as long as the run, and a crash fails the run anyway.
-        with open(os.path.join(self._dir, name), "xb") as fh:
-            fh.write(encode_table(kv[1]))
-        yield kv[0], name
+        if self._file is None:
+            self._name = uuid.uuid4().hex
+            # No fsync: the files live only as long as the run, and a crash fails the run anyway.
+            self._file = open(os.path.join(self._dir, self._name), "xb")
+            self._offset = 0
+        data = encode_table(kv[1])
+        self._file.write(data)
+        ref = f"{self._name}:{self._offset}:{len(data)}"
+        self._offset += len(data)
+        yield kv[0], ref
+
+    def finish_bundle(self):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 class _UnspillFn(beam.DoFn):
-    """``(key, [file name])`` -> ``(key, [Table])``."""
+    """``(key, ["file:offset:length"])`` -> ``(key, [Table])``."""
 
     def __init__(self, directory: str):
         self._dir = directory
 
     def process(self, kv):
         tables = []
-        for name in kv[1]:
+        for ref in kv[1]:
+            name, offset, length = ref.split(":")
             with open(os.path.join(self._dir, name), "rb") as fh:
-                tables.append(decode_table(fh.read()))
+                data = os.pread(fh.fileno(), int(length), int(offset))
+            if len(data) != int(length):
+                raise OSError(f"spill file {name} is shorter than expected (removed or truncated during the run?)")
+            tables.append(decode_table(data))
         yield kv[0], tables
 
 

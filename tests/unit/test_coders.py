@@ -75,7 +75,7 @@ def _gbk_value_coder_urn(proto, name):
 
 def test_a_spilling_pipeline_groups_tables_through_files(tmp_path):
     """With ``spill_shuffles`` the shuffle carries file names (strings) and the tables go through files in the
-    spill directory, one per batch; the groups are the same as without it."""
+    spill directory (appended to one file per bundle); the groups are the same as without it."""
     import apache_beam as beam
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that, equal_to
@@ -94,7 +94,9 @@ def test_a_spilling_pipeline_groups_tables_through_files(tmp_path):
     assert_that(rows, equal_to([("a", [2, 3, WHOLE_MESSAGE_BELOW_ROWS + 1], True), ("b", [5], True)]))
     assert _gbk_value_coder_urn(p.to_runner_api(), "Group/Group") == "beam:coder:string_utf8:v1"
     p.run().wait_until_finish()
-    assert len(list(tmp_path.iterdir())) == len(sizes)
+    files = list(tmp_path.iterdir())
+    assert 1 <= len(files) <= len(sizes)
+    assert sum(f.stat().st_size for f in files) == sum(len(ArrowTableCoder().encode(table(n))) for _, n in sizes)
 
 
 def test_local_spill_dir_only_for_local_batch_runs_and_removed_after(tmp_path):
@@ -120,3 +122,20 @@ def test_local_spill_dir_only_for_local_batch_runs_and_removed_after(tmp_path):
             assert spill is not None and os.path.isdir(spill)
     remote = PipelineOptions(["--runner=DataflowRunner", f"--shuffle_spill_dir={tmp_path}"])
     assert "only local batch runs" in spill_options_error(remote)
+
+
+def test_spilled_batches_share_a_bundle_file_and_a_truncated_one_is_an_error(tmp_path):
+    from transforms.coders import _SpillFn, _UnspillFn
+
+    spill = _SpillFn(str(tmp_path))
+    spill.start_bundle()
+    refs = [next(spill.process(("k", table(n)))) for n in (3, WHOLE_MESSAGE_BELOW_ROWS + 5, 1)]
+    spill.finish_bundle()
+    assert len(list(tmp_path.iterdir())) == 1 and len({ref.split(":")[0] for _, ref in refs}) == 1
+    (key, tables), = _UnspillFn(str(tmp_path)).process(("k", [ref for _, ref in reversed(refs)]))
+    assert key == "k" and [t.num_rows for t in tables] == [1, WHOLE_MESSAGE_BELOW_ROWS + 5, 3]
+    assert all(t.equals(table(t.num_rows)) for t in tables)
+    path = next(tmp_path.iterdir())
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(OSError, match="shorter than expected"):
+        list(_UnspillFn(str(tmp_path)).process(("k", [refs[-1][1]])))
