@@ -122,6 +122,8 @@ def test_local_spill_dir_only_for_local_batch_runs_and_removed_after(tmp_path):
             assert spill is not None and os.path.isdir(spill)
     remote = PipelineOptions(["--runner=DataflowRunner", f"--shuffle_spill_dir={tmp_path}"])
     assert "only local batch runs" in spill_options_error(remote)
+    missing = PipelineOptions(["--runner=FnApiRunner", f"--shuffle_spill_dir={tmp_path / 'nope'}"])
+    assert spill_options_error(missing) == "--shuffle_spill_dir: not an existing directory"
 
 
 def test_spilled_batches_share_a_bundle_file_and_a_truncated_one_is_an_error(tmp_path):
