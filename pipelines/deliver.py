@@ -245,10 +245,8 @@ def run(argv=None) -> int:
     limit_malloc_arenas()
     lean_arrow_pool()
     try:
-        with coders.local_spill_dir(options) as spill:
-            p = beam.Pipeline(options=options)
-            if spill:
-                coders.spill_shuffles(p, spill)
+        p = beam.Pipeline(options=options)
+        with coders.spill_locally(p):
             stream = None if source is None else {"source": source, "dedup_window_seconds": opts.dedup_window_seconds,
                                                   "allowed_lateness_seconds": opts.allowed_lateness_seconds}
             build_pipeline(p, inputs, enabled, settings, opts.dead_letter, per_line=opts.per_line_input, stream=stream)

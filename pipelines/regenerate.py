@@ -160,9 +160,8 @@ def run(argv=None) -> int:
         print(f"1 configuration error(s):\n  {spill_error}", file=sys.stderr)
         return 2
     try:
-        with coders.local_spill_dir(options) as spill, beam.Pipeline(options=options) as p:
-            if spill:
-                coders.spill_shuffles(p, spill)
+        p = beam.Pipeline(options=options)
+        with coders.spill_locally(p), p:  # the pipeline runs when its block ends, before the spill goes
             read = (p | "ArchiveFiles" >> beam.Create(files)
                     | "Reshuffle" >> beam.Reshuffle()
                     | "ReadArchive" >> beam.ParDo(_ReadArchiveFileFn(

@@ -99,26 +99,32 @@ def test_a_spilling_pipeline_groups_tables_through_files(tmp_path):
     assert sum(f.stat().st_size for f in files) == sum(len(ArrowTableCoder().encode(table(n))) for _, n in sizes)
 
 
-def test_local_spill_dir_only_for_local_batch_runs_and_removed_after(tmp_path):
+def test_spill_locally_only_for_local_batch_runs_and_removed_after(tmp_path):
+    import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from transforms.coders import local_spill_dir, spill_options_error
+    from transforms.coders import _SPILL_DIRS, spill_locally, spill_options_error
 
-    local = PipelineOptions(["--runner=FnApiRunner", f"--shuffle_spill_dir={tmp_path}"])
-    assert spill_options_error(local) is None
-    with local_spill_dir(local) as spill:
-        assert spill is not None and os.path.dirname(spill) == str(tmp_path)
+    def pipeline(argv):  # built on the local runner: what decides is the runner the options name
+        return beam.Pipeline(runner="FnApiRunner", options=PipelineOptions(argv))
+
+    local = ["--runner=FnApiRunner", f"--shuffle_spill_dir={tmp_path}"]
+    assert spill_options_error(PipelineOptions(local)) is None
+    p = pipeline(local)
+    with spill_locally(p) as spill:
+        assert spill is not None and os.path.dirname(spill) == str(tmp_path) and _SPILL_DIRS[p] == spill
         open(os.path.join(spill, "batch"), "wb").close()
     assert list(tmp_path.iterdir()) == []
-    with pytest.raises(RuntimeError), local_spill_dir(local):  # removed when the run fails too
+    with pytest.raises(RuntimeError), spill_locally(pipeline(local)):  # removed when the run fails too
         raise RuntimeError("run failed")
     assert list(tmp_path.iterdir()) == []
     for argv in (["--runner=FnApiRunner", "--no_shuffle_spill"], ["--runner=FnApiRunner", "--streaming"],
                  ["--runner=DataflowRunner"], ["--runner=FlinkRunner"]):
-        with local_spill_dir(PipelineOptions(argv)) as spill:
-            assert spill is None, argv
+        p = pipeline(argv)
+        with spill_locally(p) as spill:
+            assert spill is None and p not in _SPILL_DIRS, argv
     for runner in ("DirectRunner", "apache_beam.runners.portability.fn_api_runner.FnApiRunner"):
-        with local_spill_dir(PipelineOptions([f"--runner={runner}"])) as spill:
+        with spill_locally(pipeline([f"--runner={runner}"])) as spill:
             assert spill is not None and os.path.isdir(spill)
     remote = PipelineOptions(["--runner=DataflowRunner", f"--shuffle_spill_dir={tmp_path}"])
     assert "only local batch runs" in spill_options_error(remote)
