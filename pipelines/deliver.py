@@ -267,6 +267,7 @@ def run(argv=None) -> int:
     summary = accounting.summarise(accounting.counters(result), enabled)
     print(accounting.format_summary(summary))
     if opts.summary:
+        os.makedirs(os.path.dirname(os.path.abspath(opts.summary)), exist_ok=True)
         with open(opts.summary, "wb") as fh:
             fh.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
     if not summary["balanced"]:

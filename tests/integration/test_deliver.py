@@ -319,9 +319,9 @@ def test_a_local_batch_run_spills_its_shuffles_and_a_remote_one_may_not(tmp_path
         "path": str(tmp_path / "lake"), "file_format": "parquet"}}]
     (tmp_path / "integrations.json").write_bytes(orjson.dumps(config))
     argv = [f"--integrations={tmp_path / 'integrations.json'}", f"--input={tmp_path / 'in.ndjson'}",
-            f"--dead_letter={tmp_path / 'dead'}", f"--summary={tmp_path / 'summary.json'}"]
+            f"--dead_letter={tmp_path / 'dead'}", f"--summary={tmp_path / 'reports' / 'summary.json'}"]
     assert deliver.run(argv + [RUNNER]) == 0
-    summary = orjson.loads((tmp_path / "summary.json").read_bytes())
+    summary = orjson.loads((tmp_path / "reports" / "summary.json").read_bytes())  # its folder made on the way
     # Every parsed event crossed the dedup shuffle as a file, every delivered one the partition shuffle.
     assert sum(spilled) == summary["unique"] + summary["duplicates"] + summary["integrations"]["lake"]["delivered"]
     assert deliver.run(argv + ["--runner=DataflowRunner", f"--shuffle_spill_dir={tmp_path}"]) == 2
