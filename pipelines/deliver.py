@@ -23,6 +23,7 @@ from apache_beam.coders import BytesCoder
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from pipelines import worker
 from pipelines.options import DeliveryOptions
 from transforms import accounting, coders, secrets
 from transforms.dedup import DeduplicateEvents
@@ -245,7 +246,7 @@ def run(argv=None) -> int:
     limit_malloc_arenas()
     lean_arrow_pool()
     try:
-        p = beam.Pipeline(options=options)
+        p = beam.Pipeline(runner=worker.local_runner(options), options=options)
         with coders.spill_locally(p):
             stream = None if source is None else {"source": source, "dedup_window_seconds": opts.dedup_window_seconds,
                                                   "allowed_lateness_seconds": opts.allowed_lateness_seconds}
@@ -286,7 +287,9 @@ def run(argv=None) -> int:
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    sys.exit(run(sys.argv[1:]))
+    # No interpreter teardown once the run is over (exit handlers still run): freeing Beam's heap object by
+    # object took about 0.6 s after every run.
+    worker.exit_now(run(sys.argv[1:]))
 
 
 if __name__ == "__main__":

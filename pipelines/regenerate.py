@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from pipelines import worker
 from transforms import accounting, coders, secrets
 from transforms.archive import read_lines, reported_files, rows_to_batch
 from transforms.deadletter import WriteDeadLetters, count, make_record
@@ -160,7 +161,7 @@ def run(argv=None) -> int:
         print(f"1 configuration error(s):\n  {spill_error}", file=sys.stderr)
         return 2
     try:
-        p = beam.Pipeline(options=options)
+        p = beam.Pipeline(runner=worker.local_runner(options), options=options)
         with coders.spill_locally(p), p:  # the pipeline runs when its block ends, before the spill goes
             read = (p | "ArchiveFiles" >> beam.Create(files)
                     | "Reshuffle" >> beam.Reshuffle()
