@@ -195,7 +195,7 @@ def run(argv=None) -> int:
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    sys.exit(run(sys.argv[1:]))
+    worker.exit_now(run(sys.argv[1:]))  # as pipelines.deliver: no interpreter teardown after the run
 
 
 if __name__ == "__main__":
