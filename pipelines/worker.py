@@ -1,7 +1,7 @@
 """Worker processes for local multi-process runs, and the runner that starts them.
 
-``--runner=FnApiRunner --direct_running_mode=multi_processing`` (what ``pipelines.deliver`` and the benchmark
-use for more than one core) starts ``--direct_num_workers`` worker processes. Beam starts them as
+``--runner=FnApiRunner --direct_running_mode=multi_processing`` (how ``pipelines.deliver`` uses more than one
+core when asked, and what the benchmark passes) starts ``--direct_num_workers`` worker processes. Beam starts them as
 ``python -m apache_beam.runners.worker.sdk_worker_main``; ``local_runner(options)`` gives the job an
 ``FnApiRunner`` that starts ``python -m pipelines.worker`` instead: the same SDK harness, with two changes
 for a process that lives for one run only:
