@@ -8,22 +8,28 @@ first tries to download Prism). Any Beam option may be added (``--runner``, ``--
 
 Exit status: 0 success, 2 configuration error (every problem listed), 1 failed run.
 """
+# ruff: noqa: E402 - the imports below come after the workers' start on purpose
 from __future__ import annotations
 
-import ctypes
+import sys
+
+from pipelines import worker
+
+if __name__ == "__main__":
+    # First, before this process imports Beam: local worker processes import it meanwhile (pipelines.worker).
+    worker.prestart(sys.argv[1:], preload="pipelines.deliver")
+
 import logging
 import os
 import re
-import sys
 
 import apache_beam as beam
 import orjson
-import pyarrow as pa
 from apache_beam.coders import BytesCoder
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines import worker
+from pipelines import local_runner
 from pipelines.options import DeliveryOptions
 from transforms import accounting, coders, secrets
 from transforms.dedup import DeduplicateEvents
@@ -125,45 +131,6 @@ def _build_streaming(p, integrations, settings, dead_letter_path, stream) -> dic
     return outputs
 
 
-_M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
-MALLOC_ARENAS = 2  # the default of MALLOC_ARENA_MAX for the job and its workers (the image sets the same)
-
-
-def limit_malloc_arenas() -> None:
-    """Cap glibc's malloc arenas for this process and the worker processes it starts, unless
-    ``MALLOC_ARENA_MAX`` is already set. glibc gives threads their own arenas (up to 8 per core), and the
-    runner's gRPC and bundle threads each keep freed memory in theirs: with two arenas, 1M events peaked
-    about 170 MiB lower over the controller and two workers, in the same time. Workers inherit the variable;
-    this process applies it with ``mallopt`` (before the runner starts its threads). Not glibc: no effect.
-    On Dataflow or Flink, set the variable in the worker image (the Dockerfile does)."""
-    arenas = os.environ.setdefault("MALLOC_ARENA_MAX", str(MALLOC_ARENAS))
-    try:
-        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, int(arenas))
-    except (AttributeError, OSError, ValueError):  # another C library, or a value glibc would ignore too
-        pass
-
-
-ARROW_POOL = "jemalloc"  # the Arrow memory pool for the job and its workers (the image sets the same)
-
-
-def lean_arrow_pool() -> None:
-    """Make jemalloc Arrow's memory pool for this process and the worker processes it starts, unless
-    ``ARROW_DEFAULT_MEMORY_POOL`` is already set or this pyarrow has no jemalloc (then Arrow's default stays).
-    pyarrow's default, mimalloc, kept the batches the dedup and write stages had freed: on 1M events
-    jemalloc took the peak from about 1020 to 860 MiB over the controller and two workers, in the same time
-    (about 85 MiB less in one process running the same stages alone). Workers read the variable when they
-    import pyarrow; this process, which has imported it, switches its pool. On Dataflow or Flink, set the
-    variable in the worker image (the Dockerfile does)."""
-    if "ARROW_DEFAULT_MEMORY_POOL" in os.environ:
-        return
-    try:
-        pool = pa.jemalloc_memory_pool()
-    except NotImplementedError:  # built without jemalloc (Windows wheels)
-        return
-    os.environ["ARROW_DEFAULT_MEMORY_POOL"] = ARROW_POOL
-    pa.set_memory_pool(pool)
-
-
 def streaming_source(opts):
     """The streaming source the options name, or None for a batch run."""
     if not (opts.input_subscription or opts.input_watch or opts.kafka_topic):
@@ -243,10 +210,10 @@ def run(argv=None) -> int:
         return 2
     enabled = [i for i in integrations if i.enabled]
     settings = parse_settings(opts, integrations)
-    limit_malloc_arenas()
-    lean_arrow_pool()
+    worker.limit_malloc_arenas()
+    worker.lean_arrow_pool()
     try:
-        p = beam.Pipeline(runner=worker.local_runner(options), options=options)
+        p = beam.Pipeline(runner=local_runner.local_runner(options), options=options)
         with coders.spill_locally(p):
             stream = None if source is None else {"source": source, "dedup_window_seconds": opts.dedup_window_seconds,
                                                   "allowed_lateness_seconds": opts.allowed_lateness_seconds}

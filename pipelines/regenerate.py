@@ -12,11 +12,19 @@ selection apply again, and the events are written with the export's format, part
 ``--output`` (a path or ``s3://``/``gs://`` URL for ``files``/``s3``/``gcs``; a folder on the same server for
 ``sftp``), with its own delivery reports. Exit status: 0, 2 on configuration errors, 1 on a failed run.
 """
+# ruff: noqa: E402 - the imports below come after the workers' start on purpose
 from __future__ import annotations
+
+import sys
+
+from pipelines import worker
+
+if __name__ == "__main__":
+    # First, before this process imports Beam: local worker processes import it meanwhile (pipelines.worker).
+    worker.prestart(sys.argv[1:], preload="pipelines.regenerate")
 
 import argparse
 import logging
-import sys
 
 import apache_beam as beam
 import orjson
@@ -24,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines import worker
+from pipelines import local_runner
 from transforms import accounting, coders, secrets
 from transforms.archive import read_lines, reported_files, rows_to_batch
 from transforms.deadletter import WriteDeadLetters, count, make_record
@@ -160,8 +168,10 @@ def run(argv=None) -> int:
     if spill_error:
         print(f"1 configuration error(s):\n  {spill_error}", file=sys.stderr)
         return 2
+    worker.limit_malloc_arenas()  # the job's memory settings, as pipelines.deliver's
+    worker.lean_arrow_pool()
     try:
-        p = beam.Pipeline(runner=worker.local_runner(options), options=options)
+        p = beam.Pipeline(runner=local_runner.local_runner(options), options=options)
         with coders.spill_locally(p), p:  # the pipeline runs when its block ends, before the spill goes
             read = (p | "ArchiveFiles" >> beam.Create(files)
                     | "Reshuffle" >> beam.Reshuffle()

@@ -1,5 +1,6 @@
-"""Local multi-process runs start ``pipelines.worker`` processes (FnApiRunner, multi_processing): the
-workers freeze their start-up objects out of the collector and end without an interpreter teardown."""
+"""Local multi-process runs (FnApiRunner, multi_processing) run ``pipelines.worker`` processes, started as
+standbys before the job imports Beam when ``pipelines.worker.prestart`` was called: the workers freeze their
+start-up objects out of the collector and end without an interpreter teardown."""
 import gc
 import subprocess
 import sys
@@ -9,31 +10,83 @@ import pytest
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines import worker
+from pipelines import local_runner, worker
 
 MULTI = ["--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+ONE_WORKER = ["--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=1"]
 
 
 def _where(_):
     main = sys.modules["__main__"]
-    return getattr(main.__spec__, "name", None), gc.get_freeze_count() > 0
+    return getattr(main.__spec__, "name", None), gc.get_freeze_count() > 0, worker.STANDBY_FLAG in sys.argv
+
+
+def _run(argv, expected):
+    options = PipelineOptions(argv)
+    runner = local_runner.local_runner(options)
+    assert isinstance(runner, local_runner.MultiProcessRunner)
+    with beam.Pipeline(runner=runner, options=options) as p:
+        seen = p | beam.Create(range(8)) | beam.Map(_where) | beam.Distinct()
+        assert_that(seen, equal_to(expected))
+    return options
+
+
+@pytest.fixture(autouse=True)
+def no_standby_left():
+    yield
+    worker.discard_standby()
 
 
 def test_multi_process_workers_run_the_lean_worker_and_the_options_keep_their_mode():
-    options = PipelineOptions(MULTI)
-    runner = worker.local_runner(options)
-    assert isinstance(runner, worker.MultiProcessRunner)
-    with beam.Pipeline(runner=runner, options=options) as p:
-        seen = p | beam.Create(range(8)) | beam.Map(_where) | beam.Distinct()
-        assert_that(seen, equal_to([("pipelines.worker", True)]))
+    options = _run(MULTI, [("pipelines.worker", True, False)])  # no prestart: the runner starts them
     assert options.view_as(DirectOptions).direct_running_mode == "multi_processing"
+
+
+def test_prestarted_standbys_become_the_runs_workers():
+    assert worker.prestart(MULTI, preload="pipelines.deliver") == 2
+    standbys = list(worker._standby)
+    _run(MULTI, [("pipelines.worker", True, True)])
+    assert worker._standby == [] and [s.returncode for s in standbys] == [0, 0]
+
+
+def test_a_dead_standby_is_replaced_by_a_worker_started_the_usual_way():
+    assert worker.prestart(ONE_WORKER, preload="pipelines.deliver") == 1
+    worker._standby[0].kill()
+    worker._standby[0].wait()
+    _run(ONE_WORKER, [("pipelines.worker", True, False)])
+    assert worker._standby == []
+
+
+def test_standbys_another_runner_does_not_use_are_stopped():
+    worker.prestart(MULTI, preload="pipelines.deliver")
+    standbys = list(worker._standby)
+    assert local_runner.local_runner(PipelineOptions(["--runner=DirectRunner"])) is None
+    assert worker._standby == [] and all(s.poll() is not None for s in standbys)
+
+
+def test_a_standby_whose_job_has_gone_exits_quietly():
+    standby = subprocess.Popen([sys.executable, "-m", "pipelines.worker", worker.STANDBY_FLAG, "pipelines.deliver"],
+                               stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, err = standby.communicate(b"", timeout=120)  # end of file, as when the job's process exits
+    assert standby.returncode == 0 and err == b""
+
+
+@pytest.mark.parametrize("argv, workers", [
+    (MULTI, 2), (["--direct_running_mode", "multi_processing", "--direct_num_workers", "3"], 3),
+    (["--direct_running_mode=multi_processing"], 1), (["--direct_running_mode=multi_processing", "--direct_num_workers=0"],
+                                                      worker.os.cpu_count()),
+    (["--runner=FnApiRunner", "--direct_num_workers=2"], 0), (["--runner=DataflowRunner", *MULTI[1:]], 0),
+    (["--direct_running_mode=multi_processing", "--direct_num_workers=two"], 0),
+    (["--direct_running_mode=multi_processing", "--direct_num_work=2"], 1)])  # no abbreviations, as Beam
+def test_the_workers_to_prestart_are_read_as_beam_reads_the_options(argv, workers):
+    assert worker.local_workers(argv) == workers
 
 
 @pytest.mark.parametrize("argv", [["--runner=FnApiRunner"], ["--runner=FnApiRunner", "--direct_num_workers=2"],
                                   ["--runner=DirectRunner", "--direct_running_mode=multi_processing"],
                                   ["--runner=DataflowRunner", "--direct_running_mode=multi_processing"]])
 def test_other_runners_and_in_process_runs_keep_beams_runner(argv):
-    assert worker.local_runner(PipelineOptions(argv)) is None
+    assert local_runner.local_runner(PipelineOptions(argv)) is None
 
 
 def test_exit_now_runs_the_exit_handlers_flushes_and_keeps_the_status():

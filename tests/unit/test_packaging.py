@@ -47,7 +47,7 @@ def test_malloc_arena_cap_reaches_workers_and_keeps_a_users_setting(monkeypatch)
     user set is kept."""
     import subprocess
 
-    from pipelines.deliver import MALLOC_ARENAS, limit_malloc_arenas
+    from pipelines.worker import MALLOC_ARENAS, limit_malloc_arenas
 
     assert re.search(rf"^ENV MALLOC_ARENA_MAX={MALLOC_ARENAS}$", (ROOT / "Dockerfile").read_text(), re.M)
     monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
@@ -67,7 +67,7 @@ def test_arrow_pool_is_jemalloc_for_the_job_and_its_workers_unless_set(monkeypat
 
     import pyarrow as pa
 
-    from pipelines.deliver import ARROW_POOL, lean_arrow_pool
+    from pipelines.worker import ARROW_POOL, lean_arrow_pool
 
     assert re.search(rf"^ENV ARROW_DEFAULT_MEMORY_POOL={ARROW_POOL}$", (ROOT / "Dockerfile").read_text(), re.M)
     before = pa.default_memory_pool()
