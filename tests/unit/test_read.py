@@ -6,7 +6,7 @@ import random
 import apache_beam as beam
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms.read import ReadLineBlocks, _blocks, line_ranges, read_range
+from transforms.read import RANGES_MULTIPLE, ReadLineBlocks, _blocks, line_ranges, read_range
 
 
 def expected_lines(data: bytes) -> list[bytes]:
@@ -26,6 +26,18 @@ def test_ranges_and_blocks_cover_each_line_once():
                for blk in read_range(io.BytesIO(data), start, end, block) for line in blk]
         assert got == expected_lines(data), (data, split, block)
         assert [line for blk in _blocks(io.BytesIO(data), b"", 0, None, block) for line in blk] == expected_lines(data)
+
+
+def test_a_big_file_is_cut_into_equal_ranges_a_multiple_of_four_in_number():
+    size, split = 430_000_000, 16 << 20
+    ranges = line_ranges(size, split)
+    assert len(ranges) == 28 and len(ranges) % RANGES_MULTIPLE == 0  # 27 ranges of 16 MB would do
+    assert ranges[0][0] == 0 and ranges[-1][1] == size and all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    assert {end - start for start, end in ranges} <= {size // 28, size // 28 + 1} and size // 28 < split
+    assert line_ranges(split, split) == [(0, split)] and line_ranges(0, split) == [(0, 0)]
+    assert line_ranges(split + 1, split) == [(0, (split + 1) // 4), ((split + 1) // 4, (split + 1) // 2),
+                                             ((split + 1) // 2, 3 * (split + 1) // 4), (3 * (split + 1) // 4, split + 1)]
+    assert line_ranges(3, 1) == [(0, 1), (1, 2), (2, 3)]  # never an empty range
 
 
 def test_read_line_blocks_in_a_pipeline(tmp_path):
