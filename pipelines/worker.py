@@ -69,12 +69,15 @@ def local_workers(argv) -> int:
 def prestart(argv, preload: str) -> int:
     """Start the worker processes ``argv`` will need (``local_workers``) as standbys importing Beam and the
     module ``preload`` (the job's entry point, which imports what its transforms need). Call it first thing
-    in a job's ``__main__``; returns how many were started. Sets the malloc arena cap first, as
-    ``limit_malloc_arenas`` would later, because glibc reads it when a process starts."""
+    in a job's ``__main__``; returns how many were started. Applies the job's memory settings first
+    (``limit_malloc_arenas``, ``lean_arrow_pool``): glibc reads the arena cap when a process starts, and Arrow
+    its pool when pyarrow is loaded, which the standbys do at once (a pool switched afterwards is not the one
+    Arrow's own C++ code allocates from: that cost the two workers about 50 MiB at the peak)."""
     wanted = local_workers(argv)
     if not wanted:
         return 0
     limit_malloc_arenas()
+    lean_arrow_pool()
     for _ in range(wanted):
         _standby.append(subprocess.Popen([sys.executable, "-m", WORKER_MODULE, STANDBY_FLAG, preload],
                                          stdin=subprocess.PIPE))
@@ -164,7 +167,6 @@ def _await_handoff(preload: str) -> None:
     """A standby's wait: import what the job's transforms will need, then take the runner's environment from
     standard input; end quietly if the job's process closes it unused."""
     importlib.import_module(preload)
-    lean_arrow_pool()
     handoff = sys.stdin.buffer.readline()
     if not handoff:
         exit_now(0)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import apache_beam as beam
+import pyarrow as pa
 import pytest
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
@@ -42,9 +43,24 @@ def test_multi_process_workers_run_the_lean_worker_and_the_options_keep_their_mo
     assert options.view_as(DirectOptions).direct_running_mode == "multi_processing"
 
 
-def test_prestarted_standbys_become_the_runs_workers():
-    assert worker.prestart(MULTI, preload="pipelines.deliver") == 2
+def _start_environment(pid: int) -> dict:
+    with open(f"/proc/{pid}/environ", "rb") as fh:
+        return dict(item.split(b"=", 1) for item in fh.read().split(b"\0") if b"=" in item)
+
+
+def test_prestarted_standbys_become_the_runs_workers_with_the_jobs_memory_settings_from_their_start(monkeypatch):
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)
+    before = pa.default_memory_pool()
+    try:
+        assert worker.prestart(MULTI, preload="pipelines.deliver") == 2
+    finally:
+        pa.set_memory_pool(before)
     standbys = list(worker._standby)
+    for standby in standbys:  # read when each process started: before pyarrow and glibc's malloc set up
+        env = _start_environment(standby.pid)
+        assert env[b"MALLOC_ARENA_MAX"] == str(worker.MALLOC_ARENAS).encode()
+        assert env[b"ARROW_DEFAULT_MEMORY_POOL"] == worker.ARROW_POOL.encode()
     _run(MULTI, [("pipelines.worker", True, True)])
     assert worker._standby == [] and [s.returncode for s in standbys] == [0, 0]
 
