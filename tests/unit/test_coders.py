@@ -1,12 +1,13 @@
-"""The shuffle coder for Arrow tables: exact round trips for small (one zstd frame over the message) and
-large (zstd per buffer) tables, slices included, and both forms smaller than uncompressed IPC; grouping with
-and without spilling to files, and when a run spills."""
+"""The shuffle coder for Arrow tables: exact round trips for small (one frame over the message) and large
+(per buffer) tables, slices included, in the shuffle's zstd and the spill files' LZ4, all smaller than
+uncompressed IPC; grouping with and without spilling to files, and when a run spills."""
 import os
 
 import pyarrow as pa
 import pytest
 
-from transforms.coders import WHOLE_MESSAGE_BELOW_ROWS, WHOLE_MESSAGE_MAGIC, ArrowTableCoder
+from transforms.coders import (SHUFFLE, SPILL, WHOLE_MESSAGE_BELOW_ROWS, WHOLE_MESSAGE_MAGIC, ArrowTableCoder,
+                               decode_table, encode_table)
 
 
 def table(rows: int) -> pa.Table:
@@ -25,6 +26,19 @@ def test_round_trip(rows):
         assert coder.decode(coder.encode(part)).equals(part)
 
 
+@pytest.mark.parametrize("rows", [0, 7, WHOLE_MESSAGE_BELOW_ROWS, 10_000])
+def test_spill_form_round_trips_and_is_marked_apart_from_the_shuffle_form(rows):
+    t = table(rows)
+    spilled, shuffled = encode_table(t, SPILL), encode_table(t, SHUFFLE)
+    assert decode_table(spilled).equals(t) and decode_table(shuffled).equals(t)
+    small = rows < WHOLE_MESSAGE_BELOW_ROWS
+    assert spilled.startswith(SPILL.magic) == small and shuffled.startswith(SHUFFLE.magic) == small
+    assert spilled != shuffled and SPILL.magic != SHUFFLE.magic
+    if rows > 2:
+        part = t.slice(1, rows - 2)
+        assert decode_table(encode_table(part, SPILL)).equals(part)
+
+
 def uncompressed(t: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, t.schema, options=pa.ipc.IpcWriteOptions(compression=None)) as writer:
@@ -38,6 +52,7 @@ def test_encodings_are_smaller_than_plain_ipc(rows):
     encoded = ArrowTableCoder().encode(t)
     assert encoded.startswith(WHOLE_MESSAGE_MAGIC) == (rows < WHOLE_MESSAGE_BELOW_ROWS)
     assert len(encoded) < len(uncompressed(t)) * 0.8
+    assert len(encode_table(t, SPILL)) < len(uncompressed(t)) * 0.8
 
 
 def test_group_tables_by_key_groups_tables_that_cross_the_shuffle_as_bytes():
@@ -96,7 +111,7 @@ def test_a_spilling_pipeline_groups_tables_through_files(tmp_path):
     p.run().wait_until_finish()
     files = list(tmp_path.iterdir())
     assert 1 <= len(files) <= len(sizes)
-    assert sum(f.stat().st_size for f in files) == sum(len(ArrowTableCoder().encode(table(n))) for _, n in sizes)
+    assert sum(f.stat().st_size for f in files) == sum(len(encode_table(table(n), SPILL)) for _, n in sizes)
 
 
 def test_spill_locally_only_for_local_batch_runs_and_removed_after(tmp_path):
