@@ -21,8 +21,8 @@ that lives for one run only:
   stops its workers one after the other, so every run ended with a second or more of nothing but that.
 
 A harness that fails raises as before (exit status 1, which fails the run). Other runners, and the
-single-process FnApiRunner, are untouched. This module imports no more than the standard library until a
-worker runs, so the job can call ``prestart`` before its own imports.
+single-process FnApiRunner, are untouched. At import this module loads only the standard library (Beam comes
+in when a worker runs, pyarrow in ``lean_arrow_pool``), so the job can call ``prestart`` before its own imports.
 """
 from __future__ import annotations
 
