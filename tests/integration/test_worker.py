@@ -4,6 +4,7 @@ start-up objects out of the collector and end without an interpreter teardown.""
 import gc
 import subprocess
 import sys
+import time
 
 import apache_beam as beam
 import pyarrow as pa
@@ -44,6 +45,12 @@ def test_multi_process_workers_run_the_lean_worker_and_the_options_keep_their_mo
 
 
 def _start_environment(pid: int) -> dict:
+    """The environment ``pid`` was started with. Until the child has exec'd, /proc shows its parent's
+    start-up block instead (a fork's copy), so wait for the standby's own command line first."""
+    deadline = time.monotonic() + 60
+    while worker.STANDBY_FLAG.encode() not in open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0"):
+        assert time.monotonic() < deadline, "the standby never started"
+        time.sleep(0.01)
     with open(f"/proc/{pid}/environ", "rb") as fh:
         return dict(item.split(b"=", 1) for item in fh.read().split(b"\0") if b"=" in item)
 
