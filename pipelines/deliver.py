@@ -210,8 +210,7 @@ def run(argv=None) -> int:
         return 2
     enabled = [i for i in integrations if i.enabled]
     settings = parse_settings(opts, integrations)
-    worker.limit_malloc_arenas()
-    worker.lean_arrow_pool()
+    worker.memory_settings()
     try:
         p = beam.Pipeline(runner=local_runner.local_runner(options), options=options)
         with coders.spill_locally(p):

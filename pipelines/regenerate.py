@@ -168,8 +168,7 @@ def run(argv=None) -> int:
     if spill_error:
         print(f"1 configuration error(s):\n  {spill_error}", file=sys.stderr)
         return 2
-    worker.limit_malloc_arenas()  # the job's memory settings, as pipelines.deliver's
-    worker.lean_arrow_pool()
+    worker.memory_settings()
     try:
         p = beam.Pipeline(runner=local_runner.local_runner(options), options=options)
         with coders.spill_locally(p), p:  # the pipeline runs when its block ends, before the spill goes

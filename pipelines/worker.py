@@ -70,14 +70,13 @@ def prestart(argv, preload: str) -> int:
     """Start the worker processes ``argv`` will need (``local_workers``) as standbys importing Beam and the
     module ``preload`` (the job's entry point, which imports what its transforms need). Call it first thing
     in a job's ``__main__``; returns how many were started. Applies the job's memory settings first
-    (``limit_malloc_arenas``, ``lean_arrow_pool``): glibc reads the arena cap when a process starts, and Arrow
+    (``memory_settings``): glibc reads the arena cap when a process starts, and Arrow
     its pool when pyarrow is loaded, which the standbys do at once (a pool switched afterwards is not the one
     Arrow's own C++ code allocates from: that cost the two workers about 50 MiB at the peak)."""
     wanted = local_workers(argv)
     if not wanted:
         return 0
-    limit_malloc_arenas()
-    lean_arrow_pool()
+    memory_settings()
     for _ in range(wanted):
         _standby.append(subprocess.Popen([sys.executable, "-m", WORKER_MODULE, STANDBY_FLAG, preload],
                                          stdin=subprocess.PIPE))
@@ -94,7 +93,7 @@ def take_standby(env: dict) -> subprocess.Popen | None:
             process.stdin.write(payload)
             process.stdin.close()
             return process
-        except (BrokenPipeError, OSError, ValueError):  # it has died (it would fail to start anyway)
+        except (BrokenPipeError, OSError, ValueError):  # it has died: try the next, or the caller starts one
             process.kill()
             process.wait()
     return None
@@ -120,6 +119,13 @@ def exit_now(status: int) -> None:
         except (OSError, ValueError):  # closed or broken pipe: nothing more can be written anyway
             pass
     os._exit(status)
+
+
+def memory_settings() -> None:
+    """The job's memory settings, for this process and the workers it starts: ``limit_malloc_arenas`` and
+    ``lean_arrow_pool``. Jobs call it before their runner starts; ``prestart`` calls it before the standbys."""
+    limit_malloc_arenas()
+    lean_arrow_pool()
 
 
 _M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)

@@ -25,9 +25,8 @@ the grouping reads the batches back. ``with spill_locally(pipeline):`` around bu
 a batch run on a local runner a fresh directory for this and removes it when the run ends
 (``--shuffle_spill_dir`` picks where, ``--no_shuffle_spill`` turns it off). Dataflow and Flink shuffle
 outside the workers' memory already, and their workers cannot see the launching machine's disk: they never
-spill. On 1M events (two worker
-processes) spilling took the job's peak from 1500 to about 1020 MiB, and its time from 20.6 s to 15.4-20.1 s
-(this machine's noise): the controller no longer holds or relays the data.
+spill. On 1M events (two worker processes) spilling took the job's peak from 1500 to about 1020 MiB, and its
+time from 20.6 s to 15.4-20.1 s (this machine's noise): the controller no longer holds or relays the data.
 """
 from __future__ import annotations
 
@@ -60,6 +59,7 @@ SHUFFLE = TableForm(b"BHZ2", _ZSTD1, pa.ipc.IpcWriteOptions(compression=_ZSTD1))
 # cost 0.75 us an event to encode and 1.17 to decode, LZ4 0.50 and 0.17, for files 1.4x as large: a 1M-event
 # run spilled 176 MB at most instead of 124, and took about 1.5 CPU-seconds (0.8 s) less.
 SPILL = TableForm(b"BHL4", _LZ4, pa.ipc.IpcWriteOptions(compression=_LZ4))
+# An IPC stream starts with 0xFFFFFFFF, so a magic cannot be mistaken for one.
 _FORMS = {form.magic: form for form in (SHUFFLE, SPILL)}
 _UNCOMPRESSED = pa.ipc.IpcWriteOptions(compression=None)
 # Small tables (many small partitions: tenants x hours make hundreds of thousands of them) are written
@@ -67,7 +67,6 @@ _UNCOMPRESSED = pa.ipc.IpcWriteOptions(compression=None)
 # buffer (about 0.3 ms a table) and saves little; one frame over the message, schema included, is several
 # times faster and smaller. Large tables keep per-buffer compression (no second copy of a big message).
 WHOLE_MESSAGE_BELOW_ROWS = 4096
-WHOLE_MESSAGE_MAGIC = SHUFFLE.magic  # an IPC stream starts with 0xFFFFFFFF, so the forms cannot be confused
 
 
 def _ipc(table: pa.Table, options) -> pa.Buffer:

@@ -48,7 +48,10 @@ def _start_environment(pid: int) -> dict:
     """The environment ``pid`` was started with. Until the child has exec'd, /proc shows its parent's
     start-up block instead (a fork's copy), so wait for the standby's own command line first."""
     deadline = time.monotonic() + 60
-    while worker.STANDBY_FLAG.encode() not in open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0"):
+    while True:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            if worker.STANDBY_FLAG.encode() in fh.read().split(b"\0"):
+                break
         assert time.monotonic() < deadline, "the standby never started"
         time.sleep(0.01)
     with open(f"/proc/{pid}/environ", "rb") as fh:

@@ -6,8 +6,7 @@ import os
 import pyarrow as pa
 import pytest
 
-from transforms.coders import (SHUFFLE, SPILL, WHOLE_MESSAGE_BELOW_ROWS, WHOLE_MESSAGE_MAGIC, ArrowTableCoder,
-                               decode_table, encode_table)
+from transforms.coders import SHUFFLE, SPILL, WHOLE_MESSAGE_BELOW_ROWS, ArrowTableCoder, decode_table, encode_table
 
 
 def table(rows: int) -> pa.Table:
@@ -50,7 +49,7 @@ def uncompressed(t: pa.Table) -> bytes:
 def test_encodings_are_smaller_than_plain_ipc(rows):
     t = table(rows)
     encoded = ArrowTableCoder().encode(t)
-    assert encoded.startswith(WHOLE_MESSAGE_MAGIC) == (rows < WHOLE_MESSAGE_BELOW_ROWS)
+    assert encoded.startswith(SHUFFLE.magic) == (rows < WHOLE_MESSAGE_BELOW_ROWS)
     assert len(encoded) < len(uncompressed(t)) * 0.8
     assert len(encode_table(t, SPILL)) < len(uncompressed(t)) * 0.8
 
