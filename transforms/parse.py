@@ -12,6 +12,7 @@ browsers do); integers beyond the 64-bit range become floats; blank lines are co
 """
 from __future__ import annotations
 
+import operator
 import typing
 import zlib
 from itertools import repeat
@@ -126,13 +127,20 @@ class _ParseBatchFn(beam.DoFn):
         s = self._s
         bulk = self._bulk
         now = deadletter.now_us()
-        fast, fast_lines, slow = [], [], []
-        seen = blank = 0
+        use_fast = bulk.usable and s.dialect in ("auto", "segment")
+        # The common case: a block of plain lines that all decode on the fast path, checked and decoded with
+        # C-level passes over the whole block instead of a Python loop over its lines.
+        block = bulk.decode_block(lines) if use_fast and self._plain_block(lines) else None
+        if block is not None:
+            (events, probes), fast_lines, slow, seen, blank = block, lines, [], len(lines), 0
+        else:
+            events, probes, fast_lines, slow = [], [], [], []
+            seen = blank = 0
         # Locals, not attribute lookups: this loop runs once per line.
         depth_limit, max_event_bytes = s.max_nesting_depth, s.max_event_bytes
-        use_fast = bulk.usable and s.dialect in ("auto", "segment")
-        decode, keep_fast, keep_line, keep_slow = bulk.decode, fast.append, fast_lines.append, slow.append
-        for line in lines:
+        decode, keep_line, keep_slow = bulk.decode, fast_lines.append, slow.append
+        keep_event, keep_probe = events.append, probes.append
+        for line in lines if block is None else ():
             if line.startswith(_BOM):
                 line = line[3:]
             if not line or line.isspace():
@@ -153,7 +161,8 @@ class _ParseBatchFn(beam.DoFn):
                     and (line.isascii() or _valid_utf8(line))):
                 decoded = decode(line)
                 if decoded is not None:
-                    keep_fast(decoded)
+                    keep_event(decoded[0])
+                    keep_probe(decoded[1])
                     keep_line(line)
                     continue
             keep_slow(line)
@@ -161,8 +170,8 @@ class _ParseBatchFn(beam.DoFn):
         if blank:
             self._blank.inc(blank)
         tables = []
-        if fast:
-            columns, accepted, rejected = bulk.run(fast, now, fast_lines)
+        if events:
+            columns, accepted, rejected = bulk.run(events, probes, now, fast_lines)
             if len(accepted):
                 columns.insert(13, ["segment"] * len(accepted))
                 tables.append(self._table(columns))
@@ -177,6 +186,19 @@ class _ParseBatchFn(beam.DoFn):
             return
         table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
         yield from split_by_shard(table, s.shards)
+
+    def _plain_block(self, lines) -> bool:
+        """Whether every line may go to the fast path without the per-line checks: none blank, none over
+        ``max_event_bytes``, all ASCII (so no BOM and valid UTF-8), none deeper than ``max_nesting_depth``
+        by bracket count (``process`` applies the same checks line by line otherwise)."""
+        s = self._s
+        try:
+            return (bool(lines) and all(lines) and not any(map(bytes.isspace, lines))
+                    and max(map(len, lines)) <= s.max_event_bytes and all(map(bytes.isascii, lines))
+                    and max(map(operator.add, map(bytes.count, lines, repeat(b"{")),
+                                map(bytes.count, lines, repeat(b"[")))) <= s.max_nesting_depth)
+        except TypeError:  # not all ``bytes`` (a source handing over another buffer type): line by line
+            return False
 
     def _table(self, columns) -> pa.Table:
         arrays = [c.cast(f.type) if isinstance(c, pa.Array) else pa.array(c, type=f.type)

@@ -193,12 +193,19 @@ class BulkNormaliser:
 
         self._getters = {name: getter(path) for name, path in paths.items()}
         self._leaf_getters = {name: operator.attrgetter(".".join(chain)) for name, chain in self._getters.items()}
-        self._move_plans = _move_plans(self._leaf_getters)
 
     def decode(self, line: bytes):
         """``(event, probe)`` for the fast path, or None to handle the line per event."""
         try:
             return self._decode_event(line), self._decode_probe(line)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None
+
+    def decode_block(self, lines: list):
+        """``(events, probes)`` for a whole block of lines, or None when any line does not decode on the fast
+        path (then decode line by line). The lines must pass the same checks as for ``decode``."""
+        try:
+            return list(map(self._decode_event, lines)), list(map(self._decode_probe, lines))
         except (msgspec.DecodeError, msgspec.ValidationError):
             return None
 
@@ -212,20 +219,54 @@ class BulkNormaliser:
                 values = [UNSET if v is None or v is UNSET else getattr(v, attr) for v in values]
             return values
 
-    def run(self, decoded: list, processing_time_us: int, lines: list | None = None):
-        """``decoded``: ``(event, probe)`` pairs from ``decode``; ``lines``: the lines they were decoded from
-        (needed to derive the id of an event without ``messageId``). Returns ``(columns, accepted, rejected)``:
-        the columns in batch-schema order up to ``_app_id`` plus one per consent purpose, for the accepted
-        events, and the positions (into ``decoded``) that must go per event.
+    def _move_names(self, events: list, probes: list, kinds: list, keep: np.ndarray, properties: pa.Array) -> pa.Array:
+        """Page/screen ``name``/``category``, group ``groupId``, alias ``previousId`` into ``properties`` (the
+        per-event rule), field by field over the whole batch: appended to the JSON text where the property is
+        absent, left as it is where it holds the same string. Returns the new ``properties`` column; clears
+        ``keep`` (handle per event, where the field goes to ``context._unmapped``) where the property holds
+        another value, the field is null or the event's type takes no such field."""
+        kind_names = None
+        for src in _MOVED_FIELDS:
+            values = [getattr(e, src) for e in events]
+            present = _is_not(values, UNSET)
+            if not present.any():
+                continue
+            if kind_names is None:
+                kind_names = np.array(kinds)
+            keep &= ~present | np.isin(kind_names, _TAKERS[src])
+            rows = np.flatnonzero(present & keep)
+            if not len(rows):
+                continue
+            picked = rows.tolist()
+            values = [values[i] for i in picked]
+            refuse = ~_is_not(values, None)
+            nodes = self._leaf([probes[i] for i in picked], _DESTINATION[src])
+            absent = ~_is_not(nodes, UNSET)
+            for j in np.flatnonzero(~absent & ~refuse).tolist():  # the property is there: same string, or per event
+                if type(nodes[j]) is not str or nodes[j] != values[j]:
+                    refuse[j] = True
+            keep[rows[refuse]] = False
+            add = absent & ~refuse
+            if add.any():
+                members = _members(_MEMBER_KEYS[src], [v for v, a in zip(values, add.tolist()) if a])
+                mask = np.zeros(len(events), dtype=bool)
+                mask[rows[add]] = True
+                mask = pa.array(mask)
+                properties = pc.replace_with_mask(properties, mask, _add_member(properties.filter(mask), members))
+        return properties
+
+    def run(self, events: list, probes: list, processing_time_us: int, lines: list | None = None):
+        """``events``, ``probes``: what ``decode`` or ``decode_block`` returned, line by line; ``lines``: the
+        lines they were decoded from (needed to derive the id of an event without ``messageId``). Returns
+        ``(columns, accepted, rejected)``: the columns in batch-schema order up to ``_app_id`` plus one per
+        consent purpose, for the accepted events, and the positions (into ``events``) that must go per event.
 
         Per-event Python is what this stage's time goes to, so each field is read out once and everything after
         runs as C-level passes (``map`` with ``operator``, numpy, Arrow); the columns of accepted events are the
         lists read out, not copies, when every event is accepted."""
-        n = len(decoded)
+        n = len(events)
         if not n:
             return [[] for _ in range(13 + len(self.purposes))], np.zeros(0, dtype=np.int64), []
-        events = [d[0] for d in decoded]
-        probes = [d[1] for d in decoded]
         kinds = [e.type for e in events]
         ids = [e.messageId for e in events]
         names = [e.event for e in events]
@@ -244,16 +285,7 @@ class BulkNormaliser:
         keep &= _is_not(anon, None) | _is_not(user, None)
         # a track needs a non-empty event name (bool of None or "" is False)
         keep &= ~_flags(map("track".__eq__, kinds), n) | _flags(map(bool, names), n)
-        named = np.zeros(n, dtype=bool)
-        for field in _MOVED_FIELDS:
-            named |= _is_not([getattr(e, field) for e in events], UNSET)
-        plans = self._move_plans
-        for i in np.flatnonzero(keep & named).tolist():
-            moved = _move_names(events[i], probes[i], plans[kinds[i]])
-            if moved is None:
-                keep[i] = False
-            else:
-                properties[i] = moved
+        properties = self._move_names(events, probes, kinds, keep, _json_column(properties))
         for i in np.flatnonzero(keep & ~_is_not(ids, UNSET)).tolist():
             # the per-event rule: a digest of the whole event as parsed
             if lines is None or self._source_id is None:
@@ -275,7 +307,7 @@ class BulkNormaliser:
             received[accepted],
             pa.array(sent[accepted], type=pa.int64(), mask=~s_present[accepted]),
             _json_column(take([e.context for e in events])),
-            _json_column(take(properties)),
+            properties if len(accepted) == n else properties.take(accepted),
             _json_column(take([e.traits for e in events])),
             _id_texts(self._leaf(acc_probes, "tenant")),
             _id_texts(self._leaf(acc_probes, "app")),
@@ -318,47 +350,32 @@ _MOVES = {kind: dict(moves) for kind, moves in _MOVED_TO_PROPERTIES.items()}
 _MOVED = sorted({dst for moves in _MOVES.values() for dst in moves.values()})
 
 
-def _move_plans(leaf_getters: dict) -> dict:
-    """For each event type, what ``_move_names`` does with it: ``(moves, refused)`` where ``moves`` is
-    ``(field, '"property":' as JSON, getter of the property in the probe)`` for each field the type moves,
-    and ``refused`` the fields the type takes no such move for."""
-    plans = {}
-    for kind in FIXED_EVENT_NAMES.keys() | {"track"}:
-        moves = _MOVES.get(kind, {})
-        plans[kind] = (tuple((src, orjson.dumps(dst) + b":", leaf_getters[dst]) for src, dst in moves.items()),
-                       tuple(src for src in _MOVED_FIELDS if src not in moves))
-    return plans
+# Which event types move each field, the property it becomes, and that property's ``"key":`` as JSON.
+_TAKERS = {src: [kind for kind, moves in _MOVES.items() if src in moves] for src in _MOVED_FIELDS}
+_DESTINATION = {src: dst for moves in _MOVES.values() for src, dst in moves.items()}
+_MEMBER_KEYS = {src: orjson.dumps(dst) + b":" for src, dst in _DESTINATION.items()}
 
 
-def _move_names(e, probe, plan):
-    """Page/screen ``name``/``category``, group ``groupId``, alias ``previousId`` into ``properties`` (the
-    per-event rule): appended to the JSON text when the property is absent, unchanged when it holds the
-    same value. None - handle per event, where the field goes to ``context._unmapped`` - when it holds
-    another value, the field is null or the type takes no such field. ``plan``: ``_move_plans()[e.type]``."""
-    moves, refused = plan
-    for src in refused:
-        if getattr(e, src) is not UNSET:
-            return None
-    added = []
-    for src, key, leaf in moves:
-        value = getattr(e, src)
-        if value is UNSET:
-            continue
-        if value is None:
-            return None
-        try:
-            node = leaf(probe)
-        except AttributeError:  # properties absent or null: so is the property
-            node = UNSET
-        if node is UNSET:
-            added.append(key + orjson.dumps(value))
-        elif node != value or type(node) is not str:
-            return None
-    props = b"{}" if e.properties is NO_JSON or e.properties == NULL_JSON else bytes(e.properties)
-    if not added:
-        return props
-    body = props[1:-1].strip()
-    return b"{" + body + (b"," if body else b"") + b",".join(added) + b"}"
+# A JSON string's text is the string in quotes unless it holds one of these (which orjson escapes).
+_ESCAPED = r'["\\\x00-\x1f]'
+
+
+def _members(key: bytes, values: list) -> pa.Array:
+    """``"key":value`` JSON texts for string ``values``, as orjson writes them: the quoted string itself when
+    nothing needs escaping (one Arrow pass), orjson per value otherwise."""
+    strings = pa.array(values, type=pa.string())
+    if pc.any(pc.match_substring_regex(strings, _ESCAPED)).as_py():
+        return pa.array([key + orjson.dumps(v) for v in values], type=pa.binary()).cast(pa.string())
+    return pc.binary_join_element_wise(key.decode() + '"', strings, '"', "")
+
+
+def _add_member(objects: pa.Array, members: pa.Array) -> pa.Array:
+    """Each JSON object text (null counts as ``{}``) with the matching ``"key":value`` text appended as its
+    last member."""
+    texts = objects.fill_null("{}")
+    body = pc.ascii_trim_whitespace(pc.utf8_slice_codeunits(texts, 1, -1))
+    comma = pc.if_else(pc.greater(pc.binary_length(body), 0), ",", "")
+    return pc.binary_join_element_wise("{", body, comma, members, "}", "")
 
 
 def _json_column(raws) -> pa.Array:
@@ -370,11 +387,12 @@ def _json_column(raws) -> pa.Array:
     large = len(data) >= 2**31  # past 32-bit offsets (a batch of over 2 GB of JSON)
     offsets = np.zeros(n + 1, dtype=np.int64 if large else np.int32)
     np.cumsum(np.fromiter(map(len, raws), dtype=offsets.dtype, count=n), out=offsets[1:])
-    # ``null`` (4 bytes) is the only text that is null: check the 4-byte values only
+    # ``null`` (4 bytes) is the only text that is null: compare the 4-byte values' bytes, all at once
     short = np.flatnonzero(np.diff(offsets) == 4)
     valid = np.ones(n, dtype=bool)
-    for i in short.tolist():
-        valid[i] = bytes(raws[i]) != b"null"
+    if len(short):
+        heads = np.frombuffer(data, dtype=np.uint8)[offsets[short, None] + np.arange(4)]
+        valid[short] = (heads != np.frombuffer(b"null", dtype=np.uint8)).any(axis=1)
     validity = None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
     column = pa.Array.from_buffers(pa.large_string() if large else pa.string(), n,
                                    [validity, pa.py_buffer(offsets), pa.py_buffer(data)], null_count=int(n - valid.sum()))
