@@ -189,16 +189,22 @@ class _ParseBatchFn(beam.DoFn):
 
     def _plain_block(self, lines) -> bool:
         """Whether every line may go to the fast path without the per-line checks: none blank, none over
-        ``max_event_bytes``, all ASCII (so no BOM and valid UTF-8), none deeper than ``max_nesting_depth``
-        by bracket count (``process`` applies the same checks line by line otherwise)."""
+        ``max_event_bytes``, all valid UTF-8 without a BOM, none deeper than ``max_nesting_depth`` by bracket
+        count (``process`` applies the same checks line by line otherwise)."""
         s = self._s
         try:
-            return (bool(lines) and all(lines) and not any(map(bytes.isspace, lines))
-                    and max(map(len, lines)) <= s.max_event_bytes and all(map(bytes.isascii, lines))
+            if not (lines and all(lines) and not any(map(bytes.isspace, lines))
+                    and max(map(len, lines)) <= s.max_event_bytes
                     and max(map(operator.add, map(bytes.count, lines, repeat(b"{")),
-                                map(bytes.count, lines, repeat(b"[")))) <= s.max_nesting_depth)
+                                map(bytes.count, lines, repeat(b"[")))) <= s.max_nesting_depth):
+                return False
         except TypeError:  # not all ``bytes`` (a source handing over another buffer type): line by line
             return False
+        if all(map(bytes.isascii, lines)):
+            return True
+        # Joined by a newline, which no multi-byte sequence can span: the block is valid UTF-8 exactly when
+        # every line is.
+        return not any(map(bytes.startswith, lines, repeat(_BOM))) and _valid_utf8(b"\n".join(lines))
 
     def _table(self, columns) -> pa.Table:
         arrays = [c.cast(f.type) if isinstance(c, pa.Array) else pa.array(c, type=f.type)

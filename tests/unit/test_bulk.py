@@ -135,3 +135,18 @@ def test_moved_names_with_escapes_and_odd_objects():
     for props_text in columns[9].to_pylist():
         assert orjson.loads(props_text)["category"] == "c"
     assert_same(lines)
+
+
+def test_which_blocks_skip_the_per_line_checks():
+    fn = _ParseBatchFn(ParseSettings(source_id="src", consent_purposes=PURPOSES))
+    fn.setup()
+    lines = [line.replace(b'"anon-', '"anön-'.encode()) for line in generate(200, seed=5, bad=False)[0]]
+    assert any(not line.isascii() for line in lines)
+    assert fn._plain_block(lines)  # valid UTF-8 beyond ASCII stays on the block path
+    split = lines[0][:-1] + b"\xc3", b"\xa9" + lines[1]  # a character cut across two lines: each one invalid
+    for odd in ([b"\xef\xbb\xbf" + lines[0]], [b"   "], [b""], [lines[0] + b"\xff"], list(split),
+                [b'{"type":"page","properties":' + b"[" * 70 + b"]" * 70 + b"}"]):
+        block = odd + lines[2:]
+        assert not fn._plain_block(block)
+        assert_same(block)
+    assert_same(lines)

@@ -32,7 +32,6 @@ from transforms.dialects.segment import _MOVED_TO_PROPERTIES, FIXED_EVENT_NAMES,
 from transforms.timestamps import MAX_US, MIN_US, parse_timestamp_us
 
 NO_JSON = msgspec.Raw(b"null")  # the default of an absent JSON column (compared by identity)
-NULL_JSON = msgspec.Raw(b"null")  # an explicit null (compared by value)
 UNSET = msgspec.UNSET
 _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]
 _Time = Union[str, int, None]  # floats and booleans go per event
