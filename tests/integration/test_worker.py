@@ -1,7 +1,10 @@
 """Local multi-process runs (FnApiRunner, multi_processing) run ``pipelines.worker`` processes, started as
-standbys before the job imports Beam when ``pipelines.worker.prestart`` was called: the workers freeze their
-start-up objects out of the collector and end without an interpreter teardown."""
+standbys before the job imports Beam when ``pipelines.worker.prestart`` was called (on Linux one standby,
+which forks the other workers and becomes the last one itself): the workers freeze their start-up objects out
+of the collector and end without an interpreter teardown."""
 import gc
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -58,7 +61,23 @@ def _start_environment(pid: int) -> dict:
         return dict(item.split(b"=", 1) for item in fh.read().split(b"\0") if b"=" in item)
 
 
-def test_prestarted_standbys_become_the_runs_workers_with_the_jobs_memory_settings_from_their_start(monkeypatch):
+def _where_and_parent(_, parent):
+    return (*_where(_), os.getppid() == parent)
+
+
+def _run_taking(argv, expected, monkeypatch):
+    """``_run`` with the job's process as the expected parent of every worker; returns the processes the
+    runner took from the standbys, in the order it took them."""
+    taken, take = [], worker.take_standby
+    monkeypatch.setattr(worker, "take_standby", lambda env: taken.append(take(env)) or taken[-1])
+    options = PipelineOptions(argv)
+    with beam.Pipeline(runner=local_runner.local_runner(options), options=options) as p:
+        seen = p | beam.Create(range(8)) | beam.Map(_where_and_parent, os.getpid()) | beam.Distinct()
+        assert_that(seen, equal_to(expected))
+    return taken
+
+
+def test_one_prestarted_standby_forks_the_runs_workers_with_the_jobs_memory_settings_from_its_start(monkeypatch):
     monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
     monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)
     before = pa.default_memory_pool()
@@ -67,19 +86,49 @@ def test_prestarted_standbys_become_the_runs_workers_with_the_jobs_memory_settin
     finally:
         pa.set_memory_pool(before)
     standbys = list(worker._standby)
-    for standby in standbys:  # read when each process started: before pyarrow and glibc's malloc set up
-        env = _start_environment(standby.pid)
-        assert env[b"MALLOC_ARENA_MAX"] == str(worker.MALLOC_ARENAS).encode()
-        assert env[b"ARROW_DEFAULT_MEMORY_POOL"] == worker.ARROW_POOL.encode()
-    _run(MULTI, [("pipelines.worker", True, True)])
-    assert worker._standby == [] and [s.returncode for s in standbys] == [0, 0]
+    assert [s.forks for s in standbys] == [1]  # Linux: one standby imports for both workers
+    env = _start_environment(standbys[0].pid)  # read when it started: before pyarrow and glibc's malloc set up
+    assert env[b"MALLOC_ARENA_MAX"] == str(worker.MALLOC_ARENAS).encode()
+    assert env[b"ARROW_DEFAULT_MEMORY_POOL"] == worker.ARROW_POOL.encode()
+    taken = _run_taking(MULTI, [("pipelines.worker", True, True, True)], monkeypatch)
+    # the first worker is forked from the standby, which then becomes the second; both are the job's children
+    assert [type(p) for p in taken] == [worker.ForkedWorker, worker._Standby]
+    assert worker._standby == [] and [p.returncode for p in taken] == [0, 0]
 
 
-def test_a_dead_standby_is_replaced_by_a_worker_started_the_usual_way():
-    assert worker.prestart(ONE_WORKER, preload="pipelines.deliver") == 1
-    worker._standby[0].kill()
-    worker._standby[0].wait()
-    _run(ONE_WORKER, [("pipelines.worker", True, False)])
+def test_without_adoption_each_worker_is_a_standby_of_its_own(monkeypatch):
+    monkeypatch.setattr(worker, "adopt_orphans", lambda: False)  # as where there is no child subreaper
+    assert worker.prestart(MULTI, preload="pipelines.deliver") == 2
+    assert [s.forks for s in worker._standby] == [0, 0]
+    taken = _run_taking(MULTI, [("pipelines.worker", True, True, True)], monkeypatch)
+    assert [type(p) for p in taken] == [worker._Standby] * 2 and [p.returncode for p in taken] == [0, 0]
+
+
+def test_a_forked_worker_is_the_jobs_child_and_its_exit_status_reaches_the_job():
+    assert worker.prestart(MULTI, preload="pipelines.deliver") == 2
+    forked = worker.take_standby({})  # no control address: Beam's harness fails at once
+    assert isinstance(forked, worker.ForkedWorker)
+    with open(f"/proc/{forked.pid}/stat") as fh:  # still there until reaped, even once it has exited
+        assert int(fh.read().rsplit(")", 1)[1].split()[1]) == os.getpid()
+    assert forked.wait() == 1 and forked.poll() == 1
+    forked.kill()  # a no-op once reaped
+
+
+def test_a_forked_worker_can_be_stopped():
+    pid = os.posix_spawn("/bin/sleep", ["sleep", "60"], os.environ)
+    handle = worker.ForkedWorker(pid)
+    assert handle.poll() is None
+    handle.kill()
+    assert handle.wait() == -signal.SIGKILL and handle.poll() == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("argv", [ONE_WORKER, MULTI])
+def test_a_dead_standby_is_replaced_by_workers_started_the_usual_way(argv):
+    assert worker.prestart(argv, preload="pipelines.deliver") == worker.local_workers(argv)
+    for standby in worker._standby:
+        standby.kill()
+        standby.wait()
+    _run(argv, [("pipelines.worker", True, False)])
     assert worker._standby == []
 
 
@@ -90,10 +139,16 @@ def test_standbys_another_runner_does_not_use_are_stopped():
     assert worker._standby == [] and all(s.poll() is not None for s in standbys)
 
 
-def test_a_standby_whose_job_has_gone_exits_quietly():
-    standby = subprocess.Popen([sys.executable, "-m", "pipelines.worker", worker.STANDBY_FLAG, "pipelines.deliver"],
-                               stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+@pytest.mark.parametrize("forks", [0, 1])
+def test_a_standby_whose_job_has_gone_exits_quietly(forks):
+    read, write = os.pipe()
+    standby = subprocess.Popen([sys.executable, "-m", "pipelines.worker", worker.STANDBY_FLAG, "pipelines.deliver",
+                                str(forks), str(write)], stdin=subprocess.PIPE, stderr=subprocess.PIPE,
+                               pass_fds=(write,))
+    os.close(write)
     _, err = standby.communicate(b"", timeout=120)  # end of file, as when the job's process exits
+    with os.fdopen(read, "rb") as replies:
+        assert replies.read() == b""  # no worker was forked
     assert standby.returncode == 0 and b"Traceback" not in err
 
 
