@@ -173,7 +173,7 @@ class _ParseBatchFn(beam.DoFn):
         if events:
             columns, accepted, rejected = bulk.run(events, probes, now, fast_lines)
             if len(accepted):
-                columns.insert(13, ["segment"] * len(accepted))
+                columns.insert(13, pa.repeat("segment", len(accepted)))
                 tables.append(self._table(columns))
             slow.extend(fast_lines[i] for i in rejected)
         if slow:
