@@ -1,10 +1,11 @@
 """The parse stage's DoFn called directly on a batch of lines (no runner needed)."""
 import orjson
+import pyarrow as pa
 import pytest
 from apache_beam.pvalue import TaggedOutput
 
 from tests.eventgen import BAD_LINES, generate
-from transforms.parse import ParseSettings, _ParseBatchFn, shard_of
+from transforms.parse import ParseSettings, _ParseBatchFn, shard_of, split_by_shard
 
 
 def run_batch(lines, **kw):
@@ -79,3 +80,14 @@ def test_every_row_is_in_its_shard_on_both_paths():
         assert table.num_rows > 0
         assert {shard_of(i, 8) for i in table["event_id"].to_pylist()} == {shard}
     assert len(pieces) == len({shard for shard, _ in pieces})  # one piece per shard per batch
+
+
+def test_a_tables_rows_go_to_the_shards_shard_of_gives_their_ids():
+    ids = ["m1", "é-ü", "日本語-id", "emoji-\U0001f600", "", "x" * 300] + [f"id-{i}" for i in range(200)]
+    table = pa.table({"event_id": ids, "n": range(len(ids))})
+    for shards in (1, 7, 16):
+        seen = []
+        for shard, rows in split_by_shard(table, shards):
+            assert {shard_of(i, shards) for i in rows["event_id"].to_pylist()} == {shard}
+            seen += rows["n"].to_pylist()
+        assert sorted(seen) == list(range(len(ids)))
