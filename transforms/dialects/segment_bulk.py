@@ -69,7 +69,9 @@ def _attr_names(tree: dict) -> dict:
 def _struct_for(tree: dict, name: str, leaf_types: dict, path: tuple = ()):
     """A Struct type decoding the paths of ``tree`` (``{key: subtree, or None for a leaf}``); other keys are
     skipped in C. Leaves are ``Any`` (UNSET when absent); an intermediate that is not an object fails the
-    decode, sending the event per event."""
+    decode, sending the event per event. An absent intermediate decodes as one shared instance whose leaves
+    are all UNSET, so reading a leaf through it needs no check (``BulkNormaliser._leaf``: events without
+    ``properties`` or ``context.consent`` are common); an explicit null stays None."""
     fields, rename = [], {}
     for n, (key, attr) in enumerate(_attr_names(tree).items()):
         sub = tree[key]
@@ -77,8 +79,10 @@ def _struct_for(tree: dict, name: str, leaf_types: dict, path: tuple = ()):
         if sub is None:
             fields.append((attr, leaf_types.get(path + (key,), Any), UNSET))
         else:
-            fields.append((attr, Optional[_struct_for(sub, f"{name}_{n}", leaf_types, path + (key,))], None))
-    return msgspec.defstruct(name, fields, rename=rename, gc=False)
+            node = _struct_for(sub, f"{name}_{n}", leaf_types, path + (key,))
+            fields.append((attr, Optional[node], node()))
+    # frozen: instances (the shared absent one above all) cannot be changed
+    return msgspec.defstruct(name, fields, rename=rename, gc=False, frozen=True)
 
 
 def _id_text(value) -> str | None:
@@ -209,9 +213,9 @@ class BulkNormaliser:
             return None
 
     def _leaf(self, probes, name: str) -> list:
-        try:  # one C-level pass when every intermediate object is there (the common case)
+        try:  # one C-level pass unless an intermediate object is null (absent ones read as all UNSET)
             return list(map(self._leaf_getters[name], probes))
-        except AttributeError:  # an intermediate is null or absent: step through, UNSET where missing
+        except AttributeError:  # an intermediate is null: step through, UNSET where missing
             chain = self._getters[name]
             values = [getattr(p, chain[0]) for p in probes]
             for attr in chain[1:]:
