@@ -5,7 +5,8 @@
 ``local_runner`` returns None (so the pipeline makes the runner its options name) unless the options ask
 for ``--runner=FnApiRunner --direct_running_mode=multi_processing``. Then its workers run
 ``pipelines.worker``, and each one the runner starts is a standby that ``pipelines.worker.prestart`` began
-before the job imported Beam, when there is one left (see that module for why).
+before the job imported Beam (on Linux, or a worker that standby forked), when there is one left (see that
+module for why).
 
 How: the pipeline's default environment is ``PrestartedEnvironment`` (Beam's subprocess environment under its
 own URN, the same command line), and the runner makes that URN's workers with ``PrestartedWorkerHandler``,

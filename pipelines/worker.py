@@ -9,7 +9,7 @@ that lives for one run only:
 
 - **started early**: ``prestart(argv, preload)``, called by ``pipelines.deliver`` and ``pipelines.regenerate``
   before they import Beam, starts the workers the arguments ask for as *standby* processes that import Beam,
-  the job's modules and pyarrow *while the job's own process does the same* (each side takes about 2.5 s,
+  the job's modules and pyarrow *while the job's own process does the same* (each side takes 1.2-2.5 s,
   on a second core that was idle until now), then wait for the runner's addresses on their standard input.
   The runner hands each new worker to a standby (``take_standby``), or starts one the usual way if none is
   left; unused standbys are stopped (``discard_standby``, and at ``exit_now``), and a standby whose job's
