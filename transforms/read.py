@@ -37,16 +37,6 @@ def line_ranges(size: int, split_bytes: int) -> list[tuple[int, int]]:
     return list(zip(bounds, bounds[1:]))
 
 
-def split_lines(data: bytes) -> list[bytes]:
-    """Complete lines of ``data`` (which ends at a line break or at end of input), without line breaks."""
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    if b"\r" in data:
-        lines = [line[:-1] if line.endswith(b"\r") else line for line in lines]
-    return lines
-
-
 def read_range(fh, start: int, end: int, block_bytes: int):
     """Yield lists of the lines starting in ``[start, end)`` of the seekable stream ``fh``.
 
@@ -77,9 +67,9 @@ def _blocks(fh, pending: bytes, pos: int, end: int | None, block_bytes: int):
     Each block is split where it was read: only the line cut at the previous block's end is joined to its
     rest (joining the whole block to that tail and slicing off the complete lines copied every block twice,
     about a third of the reading time)."""
+    carried = len(pending)  # bytes read but not yet yielded
     head = pending.split(b"\n")  # whole lines first (the rest of read_range's first read), then a line's start
     pending = head.pop()
-    carried = sum(map(len, head)) + len(head) + len(pending)  # bytes read but not yet yielded
     while True:
         chunk = fh.read(block_bytes)
         if chunk:
