@@ -137,12 +137,39 @@ class _ParseBatchFn(beam.DoFn):
             (events, probes), fast_lines, slow, seen, blank = block, lines, [], len(lines), 0
         else:
             events, probes, fast_lines, slow = [], [], [], []
-            seen = blank = 0
+            seen, blank = yield from self._line_by_line(lines, use_fast, events, probes, fast_lines, slow)
+        self._input.inc(seen)
+        if blank:
+            self._blank.inc(blank)
+        tables = []
+        if events:
+            columns, accepted, rejected = bulk.run(events, probes, now, fast_lines)
+            if len(accepted):
+                columns.insert(13, pa.repeat("segment", len(accepted)))
+                tables.append(self._table(columns))
+            slow.extend(fast_lines[i] for i in rejected)
+        if slow:
+            columns = [[] for _ in self._schema]
+            for line in slow:
+                yield from self._normalise_one(line, now, columns)
+            if columns[0]:
+                tables.append(self._table(columns))
+        if not tables:
+            return
+        table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+        yield from split_by_shard(table, s.shards)
+
+    def _line_by_line(self, lines, use_fast: bool, events: list, probes: list, fast_lines: list, slow: list):
+        """The per-line checks: append each line's decoded event and probe (and the line) to ``events``,
+        ``probes`` and ``fast_lines`` when it may take the fast path, else the line to ``slow``; yields the
+        dead letters of lines refused outright and returns ``(non-blank lines, blank lines)``."""
+        s = self._s
+        seen = blank = 0
         # Locals, not attribute lookups: this loop runs once per line.
         depth_limit, max_event_bytes = s.max_nesting_depth, s.max_event_bytes
-        decode, keep_line, keep_slow = bulk.decode, fast_lines.append, slow.append
+        decode, keep_line, keep_slow = self._bulk.decode, fast_lines.append, slow.append
         keep_event, keep_probe = events.append, probes.append
-        for line in lines if block is None else ():
+        for line in lines:
             if line.startswith(_BOM):
                 line = line[3:]
             if not line or line.isspace():
@@ -168,31 +195,12 @@ class _ParseBatchFn(beam.DoFn):
                     keep_line(line)
                     continue
             keep_slow(line)
-        self._input.inc(seen)
-        if blank:
-            self._blank.inc(blank)
-        tables = []
-        if events:
-            columns, accepted, rejected = bulk.run(events, probes, now, fast_lines)
-            if len(accepted):
-                columns.insert(13, pa.repeat("segment", len(accepted)))
-                tables.append(self._table(columns))
-            slow.extend(fast_lines[i] for i in rejected)
-        if slow:
-            columns = [[] for _ in self._schema]
-            for line in slow:
-                yield from self._normalise_one(line, now, columns)
-            if columns[0]:
-                tables.append(self._table(columns))
-        if not tables:
-            return
-        table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
-        yield from split_by_shard(table, s.shards)
+        return seen, blank
 
     def _plain_block(self, lines) -> bool:
         """Whether every line may go to the fast path without the per-line checks: none blank, none over
         ``max_event_bytes``, all valid UTF-8 without a BOM, none deeper than ``max_nesting_depth`` by bracket
-        count (``process`` applies the same checks line by line otherwise)."""
+        count (``_line_by_line`` applies the same checks line by line otherwise)."""
         s = self._s
         try:
             if not (lines and all(lines) and not any(map(bytes.isspace, lines))
