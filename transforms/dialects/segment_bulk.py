@@ -222,12 +222,17 @@ class BulkNormaliser:
                 values = [UNSET if v is None or v is UNSET else getattr(v, attr) for v in values]
             return values
 
-    def _move_names(self, events: list, probes: list, kinds: list, keep: np.ndarray, properties: pa.Array) -> pa.Array:
+    def _move_names(self, events: list, probes: list, kinds: list, keep: np.ndarray, properties: list) -> None:
         """Page/screen ``name``/``category``, group ``groupId``, alias ``previousId`` into ``properties`` (the
         per-event rule), field by field over the whole batch: appended to the JSON text where the property is
-        absent, left as it is where it holds the same string. Returns the new ``properties`` column; clears
-        ``keep`` (handle per event, where the field goes to ``context._unmapped``) where the property holds
-        another value, the field is null or the event's type takes no such field."""
+        absent, left as it is where it holds the same string. ``properties`` is the list of each event's
+        ``properties`` text, changed in place; clears ``keep`` (handle per event, where the field goes to
+        ``context._unmapped``) where the property holds another value, the field is null or the event's type
+        takes no such field.
+
+        The texts are joined in Python, row by row: about 0.4 us an event that moves a field, where the same
+        with Arrow string kernels over the column (slice, trim, join, then a masked replace) cost 1.3 us, each
+        kernel copying every text again (most page and screen events move their ``name``)."""
         kind_names = None
         for src in _MOVED_FIELDS:
             values = _READ_MOVED[src](events)
@@ -237,26 +242,17 @@ class BulkNormaliser:
             if kind_names is None:
                 kind_names = np.array(kinds)
             keep &= ~present | np.isin(kind_names, _TAKERS[src])
-            rows = np.flatnonzero(present & keep)
-            if not len(rows):
+            picked = np.flatnonzero(present & keep).tolist()
+            if not picked:
                 continue
-            picked = rows.tolist()
-            values = [values[i] for i in picked]
-            refuse = ~_is_not(values, None)
+            key = _MEMBER_KEYS[src]
             nodes = self._leaf([probes[i] for i in picked], _DESTINATION[src])
-            absent = ~_is_not(nodes, UNSET)
-            for j in np.flatnonzero(~absent & ~refuse).tolist():  # the property is there: same string, or per event
-                if type(nodes[j]) is not str or nodes[j] != values[j]:
-                    refuse[j] = True
-            keep[rows[refuse]] = False
-            add = absent & ~refuse
-            if add.any():
-                members = _members(_MEMBER_KEYS[src], [v for v, a in zip(values, add.tolist()) if a])
-                mask = np.zeros(len(events), dtype=bool)
-                mask[rows[add]] = True
-                mask = pa.array(mask)
-                properties = pc.replace_with_mask(properties, mask, _add_member(properties.filter(mask), members))
-        return properties
+            for i, node in zip(picked, nodes):
+                value = values[i]
+                if node is UNSET and value is not None:  # absent: appended
+                    properties[i] = _with_member(properties[i], key + orjson.dumps(value))
+                elif value is None or type(node) is not str or node != value:  # null, or another value there
+                    keep[i] = False
 
     def run(self, events: list, probes: list, processing_time_us: int, lines: list | None = None):
         """``events``, ``probes``: what ``decode`` or ``decode_block`` returned, line by line; ``lines``: the
@@ -288,7 +284,7 @@ class BulkNormaliser:
         keep &= _is_not(anon, None) | _is_not(user, None)
         # a track needs a non-empty event name (bool of None or "" is False)
         keep &= ~_flags(map("track".__eq__, kinds), n) | _flags(map(bool, names), n)
-        properties = self._move_names(events, probes, kinds, keep, _json_column(properties))
+        self._move_names(events, probes, kinds, keep, properties)
         for i in np.flatnonzero(keep & ~_is_not(ids, UNSET)).tolist():
             # the per-event rule: a digest of the whole event as parsed
             if lines is None or self._source_id is None:
@@ -310,7 +306,7 @@ class BulkNormaliser:
             received[accepted],
             pa.array(sent[accepted], type=pa.int64(), mask=~s_present[accepted]),
             _json_column(take([e.context for e in events])),
-            properties if len(accepted) == n else properties.take(accepted),
+            _json_column(take(properties)),
             _json_column(take([e.traits for e in events])),
             _id_texts(self._leaf(acc_probes, "tenant")),
             _id_texts(self._leaf(acc_probes, "app")),
@@ -367,26 +363,13 @@ _DESTINATION = {src: dst for moves in _MOVES.values() for src, dst in moves.item
 _MEMBER_KEYS = {src: orjson.dumps(dst) + b":" for src, dst in _DESTINATION.items()}
 
 
-# A JSON string's text is the string in quotes unless it holds one of these (which orjson escapes).
-_ESCAPED = r'["\\\x00-\x1f]'
-
-
-def _members(key: bytes, values: list) -> pa.Array:
-    """``"key":value`` JSON texts for string ``values``, as orjson writes them: the quoted string itself when
-    nothing needs escaping (one Arrow pass), orjson per value otherwise."""
-    strings = pa.array(values, type=pa.string())
-    if pc.any(pc.match_substring_regex(strings, _ESCAPED)).as_py():
-        return pa.array([key + orjson.dumps(v) for v in values], type=pa.binary()).cast(pa.string())
-    return pc.binary_join_element_wise(key.decode() + '"', strings, '"', "")
-
-
-def _add_member(objects: pa.Array, members: pa.Array) -> pa.Array:
-    """Each JSON object text (null counts as ``{}``) with the matching ``"key":value`` text appended as its
-    last member."""
-    texts = objects.fill_null("{}")
-    body = pc.ascii_trim_whitespace(pc.utf8_slice_codeunits(texts, 1, -1))
-    comma = pc.if_else(pc.greater(pc.binary_length(body), 0), ",", "")
-    return pc.binary_join_element_wise("{", body, comma, members, "}", "")
+def _with_member(text, member: bytes) -> bytes:
+    """A JSON object's text (``msgspec.Raw`` or bytes; ``NO_JSON`` or ``null`` count as ``{}``) with the
+    ``"key":value`` text ``member`` appended as its last member. The members there keep their text; the
+    whitespace around them goes."""
+    raw = b"null" if text is NO_JSON else bytes(text)
+    body = b"" if raw == b"null" else raw[1:-1].strip()
+    return b"".join((b"{", body, b"," if body else b"", member, b"}"))
 
 
 def _json_column(raws) -> pa.Array:
