@@ -60,8 +60,6 @@ class TableForm(typing.NamedTuple):
 _ZSTD1 = pa.Codec("zstd", compression_level=1)
 # Tables crossing a runner's shuffle: as small as a fast codec makes them (the runner holds or ships them).
 SHUFFLE = TableForm(b"BHZ2", _ZSTD1, pa.ipc.IpcWriteOptions(compression=_ZSTD1))
-# An IPC stream starts with 0xFFFFFFFF, so a magic cannot be mistaken for one.
-_FORMS = {form.magic: form for form in (SHUFFLE,)}
 _UNCOMPRESSED = pa.ipc.IpcWriteOptions(compression=None)
 # Small tables (many small partitions: tenants x hours make hundreds of thousands of them) are written
 # uncompressed and the whole message is compressed as one frame: per-buffer compression spends one frame per
@@ -77,12 +75,12 @@ def _ipc(table: pa.Table, options) -> pa.Buffer:
     return sink.getvalue()
 
 
-def encode_table(table: pa.Table, form: TableForm = SHUFFLE) -> bytes:
-    """``table`` as bytes ``decode_table`` reads, compressed the way ``form`` says."""
+def encode_table(table: pa.Table) -> bytes:
+    """``table`` as bytes ``decode_table`` reads, compressed the way ``SHUFFLE`` says."""
     if table.num_rows >= WHOLE_MESSAGE_BELOW_ROWS:
-        return _ipc(table, form.options).to_pybytes()
+        return _ipc(table, SHUFFLE.options).to_pybytes()
     raw = _ipc(table, _UNCOMPRESSED)
-    return form.magic + raw.size.to_bytes(8, "little") + form.codec.compress(raw, asbytes=True)
+    return SHUFFLE.magic + raw.size.to_bytes(8, "little") + SHUFFLE.codec.compress(raw, asbytes=True)
 
 
 def spill_bytes(table: pa.Table) -> pa.Buffer:
@@ -93,10 +91,10 @@ def spill_bytes(table: pa.Table) -> pa.Buffer:
 
 def decode_table(data: bytes) -> pa.Table:
     """The table ``encode_table`` or ``spill_bytes`` encoded, in any form."""
-    form = _FORMS.get(bytes(data[:4]))
-    if form is not None:
+    # An IPC stream starts with 0xFFFFFFFF, so the magic of a compressed message cannot be mistaken for one.
+    if bytes(data[:4]) == SHUFFLE.magic:
         size = int.from_bytes(data[4:12], "little")
-        return pa.ipc.open_stream(form.codec.decompress(memoryview(data)[12:], decompressed_size=size)).read_all()
+        return pa.ipc.open_stream(SHUFFLE.codec.decompress(memoryview(data)[12:], decompressed_size=size)).read_all()
     return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
 
 

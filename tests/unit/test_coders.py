@@ -28,7 +28,7 @@ def test_round_trip(rows):
 @pytest.mark.parametrize("rows", [0, 7, WHOLE_MESSAGE_BELOW_ROWS, 10_000])
 def test_spill_form_is_plain_ipc_and_round_trips_apart_from_the_shuffle_form(rows):
     t = table(rows)
-    spilled, shuffled = spill_bytes(t).to_pybytes(), encode_table(t, SHUFFLE)
+    spilled, shuffled = spill_bytes(t).to_pybytes(), encode_table(t)
     assert decode_table(spilled).equals(t) and decode_table(shuffled).equals(t)
     assert spilled == uncompressed(t)  # not compressed: a plain IPC stream any Arrow reader takes
     assert shuffled.startswith(SHUFFLE.magic) == (rows < WHOLE_MESSAGE_BELOW_ROWS)
