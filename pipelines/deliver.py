@@ -11,6 +11,7 @@ Exit status: 0 success, 2 configuration error (every problem listed), 1 failed r
 # ruff: noqa: E402 - the imports below come after the workers' start on purpose
 from __future__ import annotations
 
+import gc
 import sys
 
 from pipelines import worker
@@ -18,6 +19,10 @@ from pipelines import worker
 if __name__ == "__main__":
     # First, before this process imports Beam: local worker processes import it meanwhile (pipelines.worker).
     worker.prestart(sys.argv[1:], preload="pipelines.deliver")
+    # No garbage collection while the modules below load (main() turns it back on): importing Beam makes
+    # some 170,000 objects, and the collections they set off walked them again and again (about 0.2 s of
+    # a 1.1 s start-up on this machine).
+    gc.disable()
 
 import logging
 import os
@@ -252,6 +257,7 @@ def run(argv=None) -> int:
 
 
 def main() -> None:
+    worker.collect_after_imports()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # No interpreter teardown once the run is over (exit handlers still run): freeing Beam's heap object by
     # object took about 0.6 s after every run.

@@ -1,7 +1,7 @@
 """Local multi-process runs (FnApiRunner, multi_processing) run ``pipelines.worker`` processes, started as
 standbys before the job imports Beam when ``pipelines.worker.prestart`` was called (on Linux one standby,
 which forks the other workers and becomes the last one itself): the workers freeze their start-up objects out
-of the collector and end without an interpreter teardown."""
+of the collector (imported with collection off, run with it on) and end without an interpreter teardown."""
 import gc
 import os
 import signal
@@ -23,7 +23,8 @@ ONE_WORKER = ["--runner=FnApiRunner", "--direct_running_mode=multi_processing", 
 
 def _where(_):
     main = sys.modules["__main__"]
-    return getattr(main.__spec__, "name", None), gc.get_freeze_count() > 0, worker.STANDBY_FLAG in sys.argv
+    return (getattr(main.__spec__, "name", None), gc.get_freeze_count() > 0, gc.isenabled(),
+            worker.STANDBY_FLAG in sys.argv)
 
 
 def _run(argv, expected):
@@ -43,7 +44,7 @@ def no_standby_left():
 
 
 def test_multi_process_workers_run_the_lean_worker_and_the_options_keep_their_mode():
-    options = _run(MULTI, [("pipelines.worker", True, False)])  # no prestart: the runner starts them
+    options = _run(MULTI, [("pipelines.worker", True, True, False)])  # no prestart: the runner starts them
     assert options.view_as(DirectOptions).direct_running_mode == "multi_processing"
 
 
@@ -90,7 +91,7 @@ def test_one_prestarted_standby_forks_the_runs_workers_with_the_jobs_memory_sett
     env = _start_environment(standbys[0].pid)  # read when it started: before pyarrow and glibc's malloc set up
     assert env[b"MALLOC_ARENA_MAX"] == str(worker.MALLOC_ARENAS).encode()
     assert env[b"ARROW_DEFAULT_MEMORY_POOL"] == worker.ARROW_POOL.encode()
-    taken = _run_taking(MULTI, [("pipelines.worker", True, True, True)], monkeypatch)
+    taken = _run_taking(MULTI, [("pipelines.worker", True, True, True, True)], monkeypatch)
     # the first worker is forked from the standby, which then becomes the second; both are the job's children
     assert [type(p) for p in taken] == [worker.ForkedWorker, worker._Standby]
     assert worker._standby == [] and [p.returncode for p in taken] == [0, 0]
@@ -100,7 +101,7 @@ def test_without_adoption_each_worker_is_a_standby_of_its_own(monkeypatch):
     monkeypatch.setattr(worker, "adopt_orphans", lambda: False)  # as where there is no child subreaper
     assert worker.prestart(MULTI, preload="pipelines.deliver") == 2
     assert [s.forks for s in worker._standby] == [0, 0]
-    taken = _run_taking(MULTI, [("pipelines.worker", True, True, True)], monkeypatch)
+    taken = _run_taking(MULTI, [("pipelines.worker", True, True, True, True)], monkeypatch)
     assert [type(p) for p in taken] == [worker._Standby] * 2 and [p.returncode for p in taken] == [0, 0]
 
 
@@ -128,7 +129,7 @@ def test_a_dead_standby_is_replaced_by_workers_started_the_usual_way(argv):
     for standby in worker._standby:
         standby.kill()
         standby.wait()
-    _run(argv, [("pipelines.worker", True, False)])
+    _run(argv, [("pipelines.worker", True, True, False)])
     assert worker._standby == []
 
 
@@ -177,3 +178,16 @@ def test_exit_now_runs_the_exit_handlers_flushes_and_keeps_the_status():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 3
     assert result.stdout == "buffered handler ran\n" and result.stderr == "to stderr"
+
+
+def test_the_jobs_process_imports_with_collection_off_and_runs_with_it_on():
+    # The job's own process (python -m pipelines.deliver) loads Beam with the collector off, then freezes
+    # what loading made and turns collection back on before the run: a full collection while importing
+    # would walk every object Beam made so far.
+    code = ("import atexit, gc, runpy, sys; "
+            "atexit.register(lambda: print(gc.isenabled(), gc.get_freeze_count() > 0, gc.get_stats()[2]['collections'])); "
+            "sys.argv = ['deliver', '--integrations=/nonexistent/i.json', '--input=/nonexistent/*.ndjson']; "
+            "runpy.run_module('pipelines.deliver', run_name='__main__', alter_sys=True)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr  # the configuration error, reported as such
+    assert done.stdout.split() == ["True", "True", "0"]  # collecting, frozen, and no full collection so far
