@@ -150,3 +150,19 @@ def test_which_blocks_skip_the_per_line_checks():
         assert not fn._plain_block(block)
         assert_same(block)
     assert_same(lines)
+
+
+def test_a_line_holding_two_values_sends_the_block_line_by_line():
+    # The block path reads the joined block as whitespace-separated values: a line with two events (or an
+    # event and a number) would give one value too many, so the block must go line by line, where that line
+    # is refused with the same reason as on its own.
+    fn = _ParseBatchFn(ParseSettings(source_id="src", consent_purposes=PURPOSES))
+    fn.setup()
+    lines = generate(50, seed=11, bad=False)[0]
+    for odd in (lines[0] + b" " + lines[1], lines[0] + lines[1], lines[0] + b" 1"):
+        block = lines[2:20] + [odd] + lines[20:]
+        assert fn._plain_block(block)
+        assert fn._bulk.decode_block(block) is None
+        rows, dead = parse(block, fast=True)
+        assert len(rows) == len(block) - 1 and [reason for reason, _, _ in dead] == ["parse_error"]
+        assert_same(block)
