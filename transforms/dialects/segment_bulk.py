@@ -40,7 +40,9 @@ _Kind = Literal["page", "track", "identify", "group", "screen", "alias"]  # exac
 
 class _Event(msgspec.Struct, forbid_unknown_fields=True, gc=False):  # no cycles: skip GC tracking
     type: _Kind
-    messageId: Union[_Id, msgspec.UnsetType] = UNSET  # absent: the id is derived from the whole event
+    # None when absent (the id is then derived from the whole event); an explicit null fails to decode (not
+    # a str), so it goes per event
+    messageId: _Id = None
     event: Optional[str] = None
     anonymousId: Optional[_Id] = None
     userId: Optional[_Id] = None
@@ -269,18 +271,20 @@ class BulkNormaliser:
         ``(columns, accepted, rejected)``: the columns in batch-schema order up to ``_app_id`` plus one per
         consent purpose, for the accepted events, and the positions (into ``events``) that must go per event.
 
-        Per-event Python is what this stage's time goes to, so each field is read out once and everything after
-        runs as C-level passes (``map`` with ``operator``, numpy, Arrow); the columns of accepted events are the
-        lists read out, not copies, when every event is accepted."""
+        Per-event Python is what this stage's time goes to, so each field is read out once into a list, the
+        lists become Arrow arrays at once, and the checks and the picking of accepted rows run on those
+        arrays (validity bitmaps, compute kernels, one filter per column) instead of a Python-level pass per
+        check (about 50 ns an event each)."""
         n = len(events)
         if not n:
             return [[] for _ in range(13 + len(self.purposes))], np.zeros(0, dtype=np.int64), []
         kinds = [e.type for e in events]
         ids = [e.messageId for e in events]
-        names = [e.event for e in events]
-        anon = [e.anonymousId for e in events]
-        user = [e.userId for e in events]
         properties = [e.properties for e in events]
+        kind_col = pa.array(kinds, type=pa.string())
+        name_col = pa.array([e.event for e in events], type=pa.string())
+        anon_col = pa.array([e.anonymousId for e in events], type=pa.string())
+        user_col = pa.array([e.userId for e in events], type=pa.string())
         received, r_present, r_bad = timestamps_us([e.receivedAt for e in events])
         received = np.where(r_present, received, processing_time_us)
         sent, s_present, s_bad = timestamps_us([e.sentAt for e in events])
@@ -290,38 +294,47 @@ class BulkNormaliser:
         # A bad time is rejected per event even where another one would be used: let that path decide.
         keep = ~(r_bad | s_bad | t_bad | o_bad)
         keep &= (timestamp >= received - self._max_past_us) & (timestamp <= received + self._max_future_us)
-        keep &= _is_not(anon, None) | _is_not(user, None)
-        # a track needs a non-empty event name (bool of None or "" is False)
-        keep &= ~_flags(map("track".__eq__, kinds), n) | _flags(map(bool, names), n)
+        keep &= _numpy(pc.or_(anon_col.is_valid(), user_col.is_valid()))
+        # a track needs a non-empty event name
+        keep &= _numpy(pc.or_kleene(pc.not_equal(kind_col, "track"), pc.greater(pc.binary_length(name_col), 0)).fill_null(False))
         self._move_names(events, probes, kinds, keep, properties)
-        for i in np.flatnonzero(keep & ~_is_not(ids, UNSET)).tolist():
-            # the per-event rule: a digest of the whole event as parsed
-            if lines is None or self._source_id is None:
-                keep[i] = False
-            else:
-                ids[i] = derive_event_id(orjson.loads(lines[i]), self._source_id)
+        id_col = pa.array(ids, type=pa.string())
+        if id_col.null_count:
+            derived = {}
+            for i in np.flatnonzero(keep & _numpy(id_col.is_null())).tolist():
+                # the per-event rule: a digest of the whole event as parsed
+                if lines is None or self._source_id is None:
+                    keep[i] = False
+                else:
+                    derived[i] = derive_event_id(orjson.loads(lines[i]), self._source_id)
+            if derived:
+                mask = np.zeros(n, dtype=bool)
+                mask[list(derived)] = True
+                id_col = pc.replace_with_mask(id_col, pa.array(mask), pa.array(list(derived.values()), type=pa.string()))
         accepted = np.flatnonzero(keep)
         rejected = np.flatnonzero(~keep).tolist()
-        take = _taker(accepted, n)
-        acc_probes = take(probes)
-        fixed_names = pa.array(list(map(FIXED_EVENT_NAMES.get, take(kinds))), type=pa.string())
+        pick = None if len(accepted) == n else pa.array(keep)
+        # a track's own name, the fixed one of the other types
+        event_col = pc.coalesce(_FIXED_NAMES.take(pc.index_in(kind_col, value_set=_KINDS)), name_col)
         columns = [
-            take(ids),
-            take(kinds),
-            pc.coalesce(fixed_names, pa.array(take(names), type=pa.string())),  # a track's own name
-            take(anon),
-            take(user),
-            timestamp[accepted],
-            received[accepted],
-            pa.array(sent[accepted], type=pa.int64(), mask=~s_present[accepted]),
-            _json_column(take([e.context for e in events])),
-            _json_column(take(properties)),
-            _json_column(take([e.traits for e in events])),
-            _id_texts(self._leaf(acc_probes, "tenant")),
-            _id_texts(self._leaf(acc_probes, "app")),
+            id_col,
+            kind_col,
+            event_col,
+            anon_col,
+            user_col,
+            timestamp,
+            received,
+            pa.array(sent, type=pa.int64(), mask=~s_present),
+            _json_column([e.context for e in events]),
+            _json_column(properties),
+            _json_column([e.traits for e in events]),
+            pa.array(_id_texts(self._leaf(probes, "tenant")), type=pa.string()),
+            pa.array(_id_texts(self._leaf(probes, "app")), type=pa.string()),
         ]
         for purpose in self.purposes:
-            columns.append(list(map(operator.is_, self._leaf(acc_probes, f"consent:{purpose}"), repeat(True))))
+            columns.append(_flags(map(operator.is_, self._leaf(probes, f"consent:{purpose}"), repeat(True)), n))
+        if pick is not None:
+            columns = [c.filter(pick) if isinstance(c, pa.Array) else c[keep] for c in columns]
         return columns, accepted, rejected
 
 
@@ -345,13 +358,9 @@ def _is_not(values, sentinel) -> np.ndarray:
     return _flags(map(operator.is_not, values, repeat(sentinel)), len(values))
 
 
-def _taker(positions: np.ndarray, n: int):
-    """A function picking ``positions`` out of a sequence of length ``n``; the sequence itself when that is
-    all of it (the common case: no copying)."""
-    if len(positions) == n:
-        return lambda seq: seq
-    picked = positions.tolist()
-    return lambda seq: [seq[i] for i in picked]
+def _numpy(flags) -> np.ndarray:
+    """A boolean Arrow array without nulls as a numpy bool array."""
+    return flags.to_numpy(zero_copy_only=False)
 
 
 def _id_texts(values) -> list:
@@ -364,6 +373,9 @@ def _id_texts(values) -> list:
 # Top-level fields that move into properties, by type (``segment._MOVED_TO_PROPERTIES``): field -> property.
 _MOVES = {kind: dict(moves) for kind, moves in _MOVED_TO_PROPERTIES.items()}
 _MOVED = sorted({dst for moves in _MOVES.values() for dst in moves.values()})
+# Each event type and its fixed event name (null for a track: its own name), to look up by position.
+_KINDS = pa.array(list(_Kind.__args__), type=pa.string())
+_FIXED_NAMES = pa.array([FIXED_EVENT_NAMES.get(kind) for kind in _Kind.__args__], type=pa.string())
 
 
 # Which event types move each field, the property it becomes, and that property's ``"key":`` as JSON.
