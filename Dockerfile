@@ -23,6 +23,9 @@ ENV MALLOC_ARENA_MAX=2
 # Arrow's jemalloc pool instead of pyarrow's default mimalloc, which keeps freed batches
 # (see lean_arrow_pool in pipelines/worker.py).
 ENV ARROW_DEFAULT_MEMORY_POOL=jemalloc
+# One jemalloc arena instead of one per thread: the harness runs bundles on whichever thread is free, and
+# each thread's arena kept what its bundles had freed (see lean_arrow_pool in pipelines/worker.py).
+ENV JE_ARROW_MALLOC_CONF=narenas:1
 
 # Workers and harnesses start through Beam's boot script (the SDK image's own entry point).
 ENTRYPOINT ["/opt/apache/beam/boot"]

@@ -81,6 +81,7 @@ def _run_taking(argv, expected, monkeypatch):
 def test_one_prestarted_standby_forks_the_runs_workers_with_the_jobs_memory_settings_from_its_start(monkeypatch):
     monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
     monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)
+    monkeypatch.delenv("JE_ARROW_MALLOC_CONF", raising=False)
     before = pa.default_memory_pool()
     try:
         assert worker.prestart(MULTI, preload="pipelines.deliver") == 2
@@ -91,6 +92,7 @@ def test_one_prestarted_standby_forks_the_runs_workers_with_the_jobs_memory_sett
     env = _start_environment(standbys[0].pid)  # read when it started: before pyarrow and glibc's malloc set up
     assert env[b"MALLOC_ARENA_MAX"] == str(worker.MALLOC_ARENAS).encode()
     assert env[b"ARROW_DEFAULT_MEMORY_POOL"] == worker.ARROW_POOL.encode()
+    assert env[b"JE_ARROW_MALLOC_CONF"] == worker.JEMALLOC_CONF.encode()
     taken = _run_taking(MULTI, [("pipelines.worker", True, True, True, True)], monkeypatch)
     # the first worker is forked from the standby, which then becomes the second; both are the job's children
     assert [type(p) for p in taken] == [worker.ForkedWorker, worker._Standby]

@@ -60,6 +60,28 @@ def test_malloc_arena_cap_reaches_workers_and_keeps_a_users_setting(monkeypatch)
     assert os.environ["MALLOC_ARENA_MAX"] == "4"
 
 
+def test_jemalloc_has_one_arena_for_the_job_and_its_workers_unless_set(monkeypatch):
+    """Worker processes inherit JE_ARROW_MALLOC_CONF (one arena, as in the image), and Arrow's jemalloc in
+    a process started with it reads it; a value the user set is kept."""
+    import subprocess
+
+    from pipelines.worker import JEMALLOC_CONF, lean_arrow_pool
+
+    assert re.search(rf"^ENV JE_ARROW_MALLOC_CONF={JEMALLOC_CONF}$", (ROOT / "Dockerfile").read_text(), re.M)
+    monkeypatch.delenv("JE_ARROW_MALLOC_CONF", raising=False)
+    monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")  # this process's pool stays as it is
+    lean_arrow_pool()
+    # jemalloc reports a malformed option on standard error when it reads its options: a real option
+    # passes silently, and the child sees exactly the default
+    probe = ("import os, pyarrow as pa; pa.jemalloc_memory_pool(); pa.array(range(1000)); "
+             "print(os.environ['JE_ARROW_MALLOC_CONF'])")
+    child = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert child.stdout.strip() == JEMALLOC_CONF and "Invalid conf" not in child.stderr
+    monkeypatch.setenv("JE_ARROW_MALLOC_CONF", "narenas:2")
+    lean_arrow_pool()
+    assert os.environ["JE_ARROW_MALLOC_CONF"] == "narenas:2"
+
+
 def test_arrow_pool_is_jemalloc_for_the_job_and_its_workers_unless_set(monkeypatch):
     """The job switches its own Arrow pool to jemalloc and its worker processes inherit
     ARROW_DEFAULT_MEMORY_POOL (as in the image); a value the user set is kept."""
