@@ -12,7 +12,10 @@
 
 Rounds are interleaved (beamhouse, plain Beam, DuckDB, then again) so that machine noise hits all three
 alike. Each run is a child process; its wall time comes from ``time.perf_counter`` and its peak RSS from
-a sampler summing the resident memory of the process tree (workers included). Prints events/s, the median wall time and peak RSS of each, and the ratios.
+a sampler summing the resident memory of the process tree (workers included). Before each run the
+previous run's output is deleted and written-but-unflushed data is flushed (``os.sync``): the kernel
+writes dirty pages out about 30 s after they were written, which otherwise landed in the next run's time
+(the input, just generated, and each tool's Parquet files alike). Prints events/s, the median wall time and peak RSS of each, and the ratios.
 The input is deterministic (``tests.eventgen``: duplicates, a consent mix, ``--tenants`` tenants); the
 event count in the rates is ``--events`` (the input also holds about 8% re-sent duplicates).
 """
@@ -137,7 +140,10 @@ def main(argv=None) -> None:
                         fh.write(orjson.dumps([{"source_id": "bench", "vendor": "files", "name": "lake", "config": {
                             "path": os.path.join(work, f"lake-{name}{r}"), "file_format": "parquet",
                             "batch_size": 100_000, "partition_by": layout, "consent": {"require": ["analytics"]}}}]))
+                os.sync()  # the previous run's writes (and the input's) are on disk before the clock starts
                 wall, rss = run(tools[name](os.path.join(work, f"{name}{r}")))
+                for leftover in (f"{name}{r}", f"lake-{name}{r}"):
+                    shutil.rmtree(os.path.join(work, leftover), ignore_errors=True)
                 results[name][0].append(wall)
                 results[name][1].append(rss)
         n = args.events
