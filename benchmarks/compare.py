@@ -15,7 +15,8 @@ alike. Each run is a child process; its wall time comes from ``time.perf_counter
 a sampler summing the resident memory of the process tree (workers included). Before each run the
 previous run's output is deleted and written-but-unflushed data is flushed (``os.sync``): the kernel
 writes dirty pages out about 30 s after they were written, which otherwise landed in the next run's time
-(the input, just generated, and each tool's Parquet files alike). Prints events/s, the median wall time and peak RSS of each, and the ratios.
+(the input, just generated, and each tool's Parquet files alike). Prints events/s, the median wall time and
+peak RSS of each, and the ratios.
 The input is deterministic (``tests.eventgen``: duplicates, a consent mix, ``--tenants`` tenants); the
 event count in the rates is ``--events`` (the input also holds about 8% re-sent duplicates).
 """

@@ -187,7 +187,8 @@ def test_the_jobs_process_imports_with_collection_off_and_runs_with_it_on():
     # what loading made and turns collection back on before the run: a full collection while importing
     # would walk every object Beam made so far.
     code = ("import atexit, gc, runpy, sys; "
-            "atexit.register(lambda: print(gc.isenabled(), gc.get_freeze_count() > 0, gc.get_stats()[2]['collections'])); "
+            "atexit.register(lambda: print(gc.isenabled(), gc.get_freeze_count() > 0, "
+            "gc.get_stats()[2]['collections'])); "
             "sys.argv = ['deliver', '--integrations=/nonexistent/i.json', '--input=/nonexistent/*.ndjson']; "
             "runpy.run_module('pipelines.deliver', run_name='__main__', alter_sys=True)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -295,8 +295,9 @@ class BulkNormaliser:
         keep = ~(r_bad | s_bad | t_bad | o_bad)
         keep &= (timestamp >= received - self._max_past_us) & (timestamp <= received + self._max_future_us)
         keep &= _numpy(pc.or_(anon_col.is_valid(), user_col.is_valid()))
-        # a track needs a non-empty event name
-        keep &= _numpy(pc.or_kleene(pc.not_equal(kind_col, "track"), pc.greater(pc.binary_length(name_col), 0)).fill_null(False))
+        # a track needs a non-empty event name (a null name's length is null: not kept)
+        named = pc.greater(pc.binary_length(name_col), 0)
+        keep &= _numpy(pc.or_kleene(pc.not_equal(kind_col, "track"), named).fill_null(False))
         self._move_names(events, probes, kinds, keep, properties)
         id_col = pa.array(ids, type=pa.string())
         if id_col.null_count:
@@ -310,7 +311,8 @@ class BulkNormaliser:
             if derived:
                 mask = np.zeros(n, dtype=bool)
                 mask[list(derived)] = True
-                id_col = pc.replace_with_mask(id_col, pa.array(mask), pa.array(list(derived.values()), type=pa.string()))
+                id_col = pc.replace_with_mask(id_col, pa.array(mask),
+                                              pa.array(list(derived.values()), type=pa.string()))
         accepted = np.flatnonzero(keep)
         rejected = np.flatnonzero(~keep).tolist()
         pick = None if len(accepted) == n else pa.array(keep)
