@@ -25,8 +25,10 @@ def dedup_table(table: pa.Table) -> tuple[pa.Table, int]:
     columns' values in schema order (a total order on content, so the winner never depends on the order
     rows arrived in). One hash pass finds the ids seen more than once; only those rows are sorted, and the
     table is filtered once (rows keep their order)."""
-    ids = table["event_id"]
-    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    # One contiguous copy first: a shard arrives as about a hundred pieces, and Arrow gathers from a many-chunk
+    # column by concatenating it first, so the gathers below (and those after this stage) each copied it all.
+    table = table.combine_chunks()
+    ids = table["event_id"].chunk(0) if table.num_rows else pa.array([], pa.string())
     encoded = pc.dictionary_encode(ids)
     if len(encoded.dictionary) == table.num_rows:
         return table, 0

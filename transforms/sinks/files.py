@@ -378,46 +378,50 @@ class _KeyByPartitionFn(beam.DoFn):
         columns["_row"] = pa.array(np.arange(table.num_rows, dtype=np.int64))
         keys = pa.table(columns)
         group_cols = [c for c in columns if c != "_row"]
-        # Each group's row indices, gathered by Arrow; all rows are then reordered by group with one
-        # gather and each group is a zero-copy slice (a gather per group is slow on many-chunk tables).
+        # Each group's row indices, gathered by Arrow. The pieces of each (route, write group) are then
+        # laid end to end and all rows reordered that way with one gather, so each output is a zero-copy
+        # slice (a gather per group, or per output, is slow on a many-chunk table: each concatenates it).
         groups = keys.group_by(group_cols).aggregate([("_row", "list")])
         lists = groups["_row_list"].combine_chunks()
-        ordered = table.take(lists.flatten())
         offsets = lists.offsets.to_numpy()
+        rows = lists.flatten().to_numpy()
         pieces: dict[tuple, list] = {}  # (route, write group) -> [(start, length, partition, file tenant)]
         for i, group in enumerate(groups.drop_columns(["_row_list"]).to_pylist()):
             start, length = int(offsets[i]), int(offsets[i + 1] - offsets[i])
             tenant = group.get("_tenant_id")
             resolved = self._route(tenant, group.get("_dialect"))
             if isinstance(resolved, UnknownTenant):
-                yield from sink_dead_letters(self._iid, "unknown_tenant", ordered.slice(start, length), str(resolved))
+                dead = table.take(rows[start:start + length])
+                yield from sink_dead_letters(self._iid, "unknown_tenant", dead, str(resolved))
                 continue
             route, scoped = resolved
             try:
                 partition = partitioning.render_partition(self._template, group["_pkey"], group)
             except partitioning.InvalidPartitionValue as exc:
-                yield from sink_dead_letters(self._iid, "invalid_partition_value", ordered.slice(start, length), str(exc))
+                dead = table.take(rows[start:start + length])
+                yield from sink_dead_letters(self._iid, "invalid_partition_value", dead, str(exc))
                 continue
             file_tenant = (NO_TENANT if tenant is None else tenant) if scoped or self._tenant_in_path else None
             pieces.setdefault((route, write_group(partition, file_tenant)), []).append(
                 (start, length, partition, file_tenant))
+        if not pieces:
+            return
+        runs = [(start, length) for parts in pieces.values() for start, length, _, _ in parts]
+        starts = np.array([start for start, _ in runs], dtype=np.int64)
+        lengths = np.array([length for _, length in runs], dtype=np.int64)
+        before = np.cumsum(lengths) - lengths  # where each run starts in the reordered rows
+        ordered = table.take(rows[np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(starts - before, lengths)])
+        at = 0
         for key, parts in pieces.items():
-            yield key, _with_destinations(ordered, parts)
+            size = sum(length for _, length, _, _ in parts)
+            yield key, _with_destinations(ordered.slice(at, size), parts)
+            at += size
 
 
-def _with_destinations(ordered: pa.Table, parts: list) -> pa.Table:
-    """The rows of ``parts`` (``(start, length, partition, file tenant)`` runs of ``ordered``) as one table,
-    with the partition and file tenant of each row as dictionary columns (a few distinct values each)."""
+def _with_destinations(rows: pa.Table, parts: list) -> pa.Table:
+    """``rows`` (the runs of ``parts``, ``(start, length, partition, file tenant)``, end to end) with the
+    partition and file tenant of each row as dictionary columns (a few distinct values each)."""
     lengths = np.array([length for _, length, _, _ in parts], dtype=np.int64)
-    if len(parts) == 1:
-        rows = ordered.slice(parts[0][0], parts[0][1])
-    else:
-        # One gather into contiguous columns, not a concatenation of slices: with many small partitions
-        # (500 tenants x 72 hours) a write group holds hundreds of runs, and a table of hundreds of chunks
-        # was slow to slice and to encode for the shuffle (one IPC record batch per chunk).
-        starts = np.array([start for start, _, _, _ in parts], dtype=np.int64)
-        before = np.cumsum(lengths) - lengths
-        rows = ordered.take(np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(starts - before, lengths))
     which = pa.array(np.repeat(np.arange(len(parts), dtype=np.int32), lengths))
     partitions = pa.DictionaryArray.from_arrays(which, pa.array([p for _, _, p, _ in parts], type=pa.string()))
     tenants = pa.DictionaryArray.from_arrays(which, pa.array([t for _, _, _, t in parts], type=pa.string()))
