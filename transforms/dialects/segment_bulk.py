@@ -96,6 +96,17 @@ def _id_text(value) -> str | None:
     return None
 
 
+_NONE, _STR, _INT, _OTHER = 0, 1, 2, 3
+_TYPE_CODES = {type(None): _NONE, str: _STR, int: _INT}
+
+
+def _pick(values: list, positions: np.ndarray) -> list:
+    """``[values[i] for i in positions]``, gathered in C."""
+    if len(positions) == 1:
+        return [values[int(positions[0])]]
+    return list(operator.itemgetter(*positions.tolist())(values))
+
+
 def timestamps_us(values: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(microseconds, present, invalid)`` for a column of raw timestamp values (str, int or None), by
     the rules of ``transforms.timestamps.parse_timestamp_us``. Strings are converted by one Arrow cast
@@ -117,22 +128,24 @@ def timestamps_us(values: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         else:
             present = strings.is_valid().to_numpy(zero_copy_only=False)
             return parsed.fill_null(0).to_numpy(), present, invalid
-    present = np.fromiter((v is not None for v in values), dtype=bool, count=n)
-    str_pos = [i for i, v in enumerate(values) if type(v) is str]
-    if str_pos:
-        strings = [values[i] for i in str_pos]
+    # Mixed types: one pass gives each value's type code; positions and values are then picked in C.
+    codes = np.fromiter(map(_TYPE_CODES.get, map(type, values), repeat(_OTHER)), dtype=np.int8, count=n)
+    present = codes != _NONE
+    str_pos = np.flatnonzero(codes == _STR)
+    if len(str_pos):
+        strings = _pick(values, str_pos)
         try:
             parsed = pa.array(strings, type=pa.string()).cast(pa.timestamp("us", tz="UTC"))
             out[str_pos] = parsed.cast(pa.int64()).to_numpy()
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            for i, text in zip(str_pos, strings):
+            for i, text in zip(str_pos.tolist(), strings):
                 try:
                     out[i] = parse_timestamp_us(text)
                 except ValueError:
                     invalid[i] = True
-    if len(str_pos) + int(n - present.sum()) < n:
-        int_pos = [i for i, v in enumerate(values) if type(v) is int]
-        ints = [values[i] for i in int_pos]
+    int_pos = np.flatnonzero(codes == _INT)
+    if len(int_pos):
+        ints = _pick(values, int_pos)
         if -10**17 < min(ints) and max(ints) < 10**17:
             arr = np.array(ints, dtype=np.int64)
             mag = np.abs(arr)
@@ -140,11 +153,13 @@ def timestamps_us(values: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             out[int_pos] = us
             invalid[int_pos] = (us < MIN_US) | (us > MAX_US)
         else:  # nanoseconds and beyond: Python's division rules, per value
-            for i, value in zip(int_pos, ints):
+            for i, value in zip(int_pos.tolist(), ints):
                 try:
                     out[i] = parse_timestamp_us(value)
                 except ValueError:
                     invalid[i] = True
+    # any other type (a float, a bool) is refused by the decoder; were one here, it would count as invalid
+    invalid |= codes == _OTHER
     return out, present, invalid
 
 
