@@ -30,6 +30,7 @@ from transforms.events import batch_schema
 
 DEAD_LETTERS = "dead_letters"
 _BOM = b"\xef\xbb\xbf"
+_OPEN_BRACE, _OPEN_BRACKET = ord("{"), ord("[")
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,8 @@ class _ParseBatchFn(beam.DoFn):
         use_fast = bulk.usable and s.dialect in ("auto", "segment")
         # The common case: a block of plain lines that all decode on the fast path, checked and decoded with
         # C-level passes over the whole block instead of a Python loop over its lines.
-        block = bulk.decode_block(lines) if use_fast and self._plain_block(lines) else None
+        joined = self._plain_block(lines) if use_fast else None
+        block = bulk.decode_block(lines, joined) if joined is not None else None
         if block is not None:
             (events, probes), fast_lines, slow, seen, blank = block, lines, [], len(lines), 0
         else:
@@ -197,24 +199,37 @@ class _ParseBatchFn(beam.DoFn):
             keep_slow(line)
         return seen, blank
 
-    def _plain_block(self, lines) -> bool:
-        """Whether every line may go to the fast path without the per-line checks: none blank, none over
-        ``max_event_bytes``, all valid UTF-8 without a BOM, none deeper than ``max_nesting_depth`` by bracket
-        count (``_line_by_line`` applies the same checks line by line otherwise)."""
+    def _plain_block(self, lines) -> bytes | None:
+        """The lines joined by newlines if every line may go to the fast path without the per-line checks,
+        else None: none blank, none over ``max_event_bytes``, all valid UTF-8 without a BOM, none deeper than
+        ``max_nesting_depth`` by bracket count (``_line_by_line`` applies the same checks line by line).
+
+        The brackets are counted on the joined block with numpy (each bracket's line found by a binary
+        search over the line ends): 0.27 against 0.44 us a line for two ``bytes.count`` calls per line."""
         s = self._s
         try:
-            if not (lines and all(lines) and not any(map(bytes.isspace, lines))
-                    and max(map(len, lines)) <= s.max_event_bytes
-                    and max(map(operator.add, map(bytes.count, lines, repeat(b"{")),
-                                map(bytes.count, lines, repeat(b"[")))) <= s.max_nesting_depth):
-                return False
+            if not (lines and all(lines) and not any(map(bytes.isspace, lines))):
+                return None
         except TypeError:  # not all ``bytes`` (a source handing over another buffer type): line by line
-            return False
-        if all(map(bytes.isascii, lines)):
-            return True
+            return None
+        lengths = np.fromiter(map(len, lines), dtype=np.int64, count=len(lines))
+        if lengths.max() > s.max_event_bytes:
+            return None
+        data = b"\n".join(lines)
+        codes = np.frombuffer(data, dtype=np.uint8)
+        brackets = np.flatnonzero((codes == _OPEN_BRACE) | (codes == _OPEN_BRACKET))
+        if len(brackets) > s.max_nesting_depth:
+            line_ends = np.cumsum(lengths + 1)  # each line's end, past its newline
+            per_line = np.bincount(np.searchsorted(line_ends, brackets, side="right"))
+            if per_line.max() > s.max_nesting_depth:
+                return None
+        if codes.max() < 0x80:  # all ASCII
+            return data
         # Joined by a newline, which no multi-byte sequence can span: the block is valid UTF-8 exactly when
         # every line is.
-        return not any(map(bytes.startswith, lines, repeat(_BOM))) and _valid_utf8(b"\n".join(lines))
+        if any(map(bytes.startswith, lines, repeat(_BOM))) or not _valid_utf8(data):
+            return None
+        return data
 
     def _table(self, columns) -> pa.Table:
         arrays = [c.cast(f.type) if isinstance(c, pa.Array) else pa.array(c, type=f.type)

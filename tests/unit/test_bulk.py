@@ -13,8 +13,8 @@ from transforms.timestamps import parse_timestamp_us
 PURPOSES = ("analytics", "marketing")
 
 
-def parse(lines, fast: bool):
-    fn = _ParseBatchFn(ParseSettings(source_id="src", consent_purposes=PURPOSES))
+def parse(lines, fast: bool, **settings):
+    fn = _ParseBatchFn(ParseSettings(source_id="src", consent_purposes=PURPOSES, **settings))
     fn.setup()
     if not fast:
         fn._bulk.usable = False
@@ -31,9 +31,9 @@ def parse(lines, fast: bool):
     return sorted(rows, key=lambda r: (r["event_id"], orjson.dumps(r, option=orjson.OPT_SORT_KEYS))), sorted(dead, key=str)
 
 
-def assert_same(lines):
-    fast_rows, fast_dead = parse(lines, fast=True)
-    slow_rows, slow_dead = parse(lines, fast=False)
+def assert_same(lines, **settings):
+    fast_rows, fast_dead = parse(lines, fast=True, **settings)
+    slow_rows, slow_dead = parse(lines, fast=False, **settings)
     assert fast_dead == slow_dead
     assert len(fast_rows) == len(slow_rows)
     for a, b in zip(fast_rows, slow_rows):
@@ -150,6 +150,24 @@ def test_which_blocks_skip_the_per_line_checks():
         assert not fn._plain_block(block)
         assert_same(block)
     assert_same(lines)
+
+
+def test_the_bracket_count_is_per_line_wherever_the_line_is():
+    # Brackets are counted over the joined block and attributed to lines: a line over the limit is found
+    # in any position, one exactly at the limit passes, and the whole block's many brackets do not add up.
+    fn = _ParseBatchFn(ParseSettings(source_id="src", consent_purposes=PURPOSES, max_nesting_depth=12))
+    fn.setup()
+    lines = generate(30, seed=3, bad=False)[0]
+    assert sum(line.count(b"{") + line.count(b"[") for line in lines) > 12 and fn._plain_block(lines)
+
+    def nested(depth):
+        return b'{"type":"track","event":"e","anonymousId":"a","properties":{"x":' + b"[" * (depth - 2) \
+            + b"]" * (depth - 2) + b"}}"
+    for at in (0, 15, len(lines)):
+        assert not fn._plain_block(lines[:at] + [nested(13)] + lines[at:])
+        block = lines[:at] + [nested(12)] + lines[at:]
+        assert fn._plain_block(block) == b"\n".join(block)
+        assert_same(lines[:at] + [nested(13)] + lines[at:], max_nesting_depth=12)
 
 
 def test_a_line_holding_two_values_sends_the_block_line_by_line():

@@ -223,15 +223,15 @@ class BulkNormaliser:
         except (msgspec.DecodeError, msgspec.ValidationError):
             return None
 
-    def decode_block(self, lines: list):
+    def decode_block(self, lines: list, joined: bytes | None = None):
         """``(events, probes)`` for a whole block of lines, or None when any line does not decode on the fast
         path (then decode line by line). The lines must pass the same checks as for ``decode``, none blank.
 
         The block is joined and each decoder reads it in one call (``decode_lines``): 1.2 instead of 1.5 us
         a line for the two decodes, of which the join costs 0.14. That reads values separated by any
         whitespace, so a line holding two values gives one more; then the counts differ and the lines go
-        one by one, where such a line is refused."""
-        data = b"\n".join(lines)
+        one by one, where such a line is refused. ``joined``: the lines already joined by newlines."""
+        data = b"\n".join(lines) if joined is None else joined
         try:
             events, probes = self._decode_event_lines(data), self._decode_probe_lines(data)
         except (msgspec.DecodeError, msgspec.ValidationError):
