@@ -145,7 +145,8 @@ def test_which_blocks_skip_the_per_line_checks():
     assert fn._plain_block(lines)  # valid UTF-8 beyond ASCII stays on the block path
     split = lines[0][:-1] + b"\xc3", b"\xa9" + lines[1]  # a character cut across two lines: each one invalid
     for odd in ([b"\xef\xbb\xbf" + lines[0]], [b"   "], [b""], [lines[0] + b"\xff"], list(split),
-                [b'{"type":"page","properties":' + b"[" * 70 + b"]" * 70 + b"}"]):
+                [b'{"type":"page","properties":' + b"[" * 70 + b"]" * 70 + b"}"],
+                [lines[0].replace(b'{"', b'{\n"', 1)]):  # a newline inside a line (whitespace to JSON)
         block = odd + lines[2:]
         assert not fn._plain_block(block)
         assert_same(block)
