@@ -40,6 +40,10 @@ class _ByteMasks:
     faults cost five times the comparison itself."""
 
     def __init__(self):
+        self.release()
+
+    def release(self):
+        """Drop the buffers (megabytes each): the stages after parsing need the memory more."""
         self._hits = self._other = np.empty(0, dtype=bool)
 
     def positions(self, codes: np.ndarray, *values: int) -> np.ndarray:
@@ -132,6 +136,9 @@ class _ParseBatchFn(beam.DoFn):
         self._masks = _ByteMasks()
         self._input = Metrics.counter(deadletter.NAMESPACE, "input")
         self._blank = Metrics.counter(deadletter.NAMESPACE, "blank_lines")
+
+    def finish_bundle(self):
+        self._masks.release()
 
     def _reject(self, reason, stage, error, line, event_id=None):
         deadletter.count(reason)
