@@ -165,16 +165,21 @@ def assert_relative_safe(path: str) -> None:
             raise InvalidPartitionValue(f"unsafe path {path!r}")
 
 
-def batch_id(integration_id: str, partition: str, event_ids: Iterable[str]) -> str:
+def batch_id(integration_id: str, partition: str, event_ids: Iterable[str | bytes]) -> str:
     """Deterministic id of a batch: the same events of the same partition always get the same id, and
-    different event sets practically never share one (first 64 bits of SHA-256)."""
+    different event sets practically never share one (first 64 bits of SHA-256). ``event_ids``: strings or
+    their UTF-8 bytes (as an Arrow column gives them, with no ``str`` made per id).
+
+    The digest is of the integration id, the partition and each event id, each preceded by a NUL byte
+    but the first; the ids go to the hash as one joined buffer (one ``update``, not two per id)."""
     h = hashlib.sha256()
     h.update(integration_id.encode())
     h.update(b"\x00")
     h.update(partition.encode())
-    for event_id in event_ids:
+    encoded = [e if isinstance(e, bytes) else e.encode("utf-8", "surrogatepass") for e in event_ids]
+    if encoded:
         h.update(b"\x00")
-        h.update(event_id.encode("utf-8", "surrogatepass"))
+        h.update(b"\x00".join(encoded))
     return h.hexdigest()[:16]
 
 

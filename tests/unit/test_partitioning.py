@@ -1,3 +1,4 @@
+import hashlib
 import os
 import posixpath
 
@@ -65,6 +66,11 @@ def test_batch_ids_and_names_are_deterministic():
     assert a == P.batch_id("i", "p", ["e1", "e2"]) and len(a) == 16
     assert a != P.batch_id("i", "p", ["e1", "e3"]) != P.batch_id("j", "p", ["e1", "e2"])
     assert P.file_name("events", 1706540000, a, ".json.gz") == f"events-1706540000-{a}.json.gz"
+    # the digest files are named by (so a re-run names them alike): NUL-separated, as it has always been
+    ids = ["e1", "ä2", "e3"]
+    expected = hashlib.sha256(b"i\x00p" + b"".join(b"\x00" + e.encode() for e in ids)).hexdigest()[:16]
+    assert P.batch_id("i", "p", ids) == expected == P.batch_id("i", "p", [e.encode() for e in ids])
+    assert P.batch_id("i", "p", []) == hashlib.sha256(b"i\x00p").hexdigest()[:16]
     assert P.generation_id(["b", "a"]) == P.generation_id(["a", "b"])
 
 

@@ -543,7 +543,7 @@ class _WritePartitionFn(beam.DoFn):
 
     def _write(self, storage, partition: str, tenant: str, rows, number: int = 1):
         c = self._config
-        batch = partitioning.batch_id(self._iid, partition, rows["event_id"].to_pylist())
+        batch = partitioning.batch_id(self._iid, partition, rows["event_id"].cast(pa.binary()).to_pylist())
         first_us = pc.min(rows[c.partition_time]).value
 
         def name_for(collision: int) -> str:
