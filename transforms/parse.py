@@ -12,7 +12,6 @@ browsers do); integers beyond the 64-bit range become floats; blank lines are co
 """
 from __future__ import annotations
 
-import operator
 import typing
 import zlib
 from itertools import repeat
