@@ -30,6 +30,23 @@ from transforms.events import batch_schema
 DEAD_LETTERS = "dead_letters"
 _BOM = b"\xef\xbb\xbf"
 _OPEN_BRACE, _OPEN_BRACKET, _NEWLINE = ord("{"), ord("["), ord("\n")
+_SPACE = np.zeros(256, dtype=bool)  # the bytes ``bytes.isspace`` counts as whitespace
+_SPACE[list(b" \t\n\r\x0b\x0c")] = True
+
+
+class _JoinedLines:
+    """Line ``i`` of a joined block, sliced out when asked: the fast path needs only a few (events whose id
+    is derived from the whole line, events handed to the per-event path)."""
+
+    def __init__(self, data: bytes, ends: np.ndarray):
+        self._data = data
+        self._bounds = np.concatenate(([-1], ends, [len(data)]))
+
+    def __getitem__(self, i: int) -> bytes:
+        return self._data[int(self._bounds[i]) + 1:int(self._bounds[i + 1])]
+
+    def __len__(self) -> int:
+        return len(self._bounds) - 1
 
 
 class _ByteMasks:
@@ -158,13 +175,20 @@ class _ParseBatchFn(beam.DoFn):
         bulk = self._bulk
         now = deadletter.now_us()
         use_fast = bulk.usable and s.dialect in ("auto", "segment")
+        # A block from ``transforms.read`` may come as the bytes it was read in, its lines joined by newlines.
+        data = lines if isinstance(lines, bytes) else None
         # The common case: a block of plain lines that all decode on the fast path, checked and decoded with
         # C-level passes over the whole block instead of a Python loop over its lines.
-        joined = self._plain_block(lines) if use_fast else None
-        block = bulk.decode_block(lines, joined) if joined is not None else None
+        plain = None
+        if use_fast:
+            plain = self._plain_joined(data) if data is not None else self._plain_block(lines)
+        block = bulk.decode_joined(plain[0], len(plain[1]) + 1) if plain is not None else None
         if block is not None:
-            (events, probes), fast_lines, slow, seen, blank = block, lines, [], len(lines), 0
+            (events, probes), slow, blank = block, [], 0
+            fast_lines, seen = (lines if data is None else _JoinedLines(*plain)), len(events)
         else:
+            if data is not None:
+                lines = data.split(b"\n")  # a joined block holds no line ending in \r (the reader lists those)
             events, probes, fast_lines, slow = [], [], [], []
             seen, blank = yield from self._line_by_line(lines, use_fast, events, probes, fast_lines, slow)
         self._input.inc(seen)
@@ -226,39 +250,52 @@ class _ParseBatchFn(beam.DoFn):
             keep_slow(line)
         return seen, blank
 
-    def _plain_block(self, lines) -> bytes | None:
-        """The lines joined by newlines if every line may go to the fast path without the per-line checks,
-        else None: none blank, none over ``max_event_bytes``, all valid UTF-8 without a BOM, none deeper than
+    def _plain_block(self, lines):
+        """``(joined, line ends)`` if every line may go to the fast path without the per-line checks, else
+        None: none blank, none over ``max_event_bytes``, all valid UTF-8 without a BOM, none deeper than
         ``max_nesting_depth`` by bracket count (``_line_by_line`` applies the same checks line by line).
-
-        The checks run on the joined block with numpy, not line by line: where the newlines are gives the
-        lengths, and each bracket's line is found by a binary search over them. With the comparisons' buffers
-        kept (``_ByteMasks``) this costs 0.35 us a line against 0.7 for per-line ``len``/``count`` passes
-        (a pass over a block's line objects misses the cache on each one)."""
-        s = self._s
+        ``joined``: the lines joined by newlines; line ends: the newlines' positions in it."""
         try:
             if not (lines and all(lines) and not any(map(bytes.isspace, lines))):
                 return None
         except TypeError:  # not all ``bytes`` (a source handing over another buffer type): line by line
             return None
         data = b"\n".join(lines)
+        return self._plain_joined(data, lines)
+
+    def _plain_joined(self, data: bytes, lines=None):
+        """``_plain_block`` for lines already joined by newlines (``data``), as the reader hands them over.
+        Then no line may be empty or start with whitespace: that is how blank lines are told apart without
+        splitting (a line with whitespace first is valid, but goes line by line). ``lines``: the lines, when
+        the caller has them (their count must match the newlines').
+
+        The checks run on the joined block with numpy, not line by line: where the newlines are gives the
+        lengths, and each bracket's line is found by a binary search over them. With the comparisons' buffers
+        kept (``_ByteMasks``) this costs 0.35 us a line against 0.7 for per-line ``len``/``count`` passes
+        (a pass over a block's line objects misses the cache on each one)."""
+        s = self._s
         codes = np.frombuffer(data, dtype=np.uint8)
         ends = self._masks.positions(codes, _NEWLINE)  # where each line but the last ends
-        if len(ends) != len(lines) - 1:  # a line holding a newline itself: its parts are not lines here
+        bounds = np.concatenate(([-1], ends, [len(data)]))
+        if lines is not None:
+            if len(ends) != len(lines) - 1:  # a line holding a newline itself: its parts are not lines here
+                return None
+        elif bounds[-2] + 1 >= len(data) or _SPACE[codes[bounds[:-1] + 1]].any():  # an empty or blank line
             return None
-        if int(np.diff(np.concatenate(([-1], ends, [len(data)]))).max()) - 1 > s.max_event_bytes:
+        if int(np.diff(bounds).max()) - 1 > s.max_event_bytes:
             return None
         brackets = self._masks.positions(codes, _OPEN_BRACE, _OPEN_BRACKET)
         if len(brackets) > s.max_nesting_depth:
             if np.bincount(np.searchsorted(ends, brackets)).max() > s.max_nesting_depth:
                 return None
         if codes.max() < 0x80:  # all ASCII
-            return data
+            return data, ends
         # Joined by a newline, which no multi-byte sequence can span: the block is valid UTF-8 exactly when
-        # every line is.
-        if any(map(bytes.startswith, lines, repeat(_BOM))) or not _valid_utf8(data):
+        # every line is. A BOM anywhere in a joined block sends it line by line (where a leading one is cut).
+        bom = any(map(bytes.startswith, lines, repeat(_BOM))) if lines is not None else _BOM in data
+        if bom or not _valid_utf8(data):
             return None
-        return data
+        return data, ends
 
     def _table(self, columns) -> pa.Table:
         arrays = [c.cast(f.type) if isinstance(c, pa.Array) else pa.array(c, type=f.type)
@@ -453,9 +490,9 @@ def _valid_utf8(line: bytes) -> bool:
 class ParseEvents(beam.PTransform):
     """Raw lines -> ``{"events": (shard, Table), "dead_letters": record}``.
 
-    The input is either blocks of lines (``list[bytes]``, from ``transforms.read.ReadLineBlocks``;
-    ``blocks=True``) or one line per element (``bytes``, as a streaming source delivers them), which are
-    batched first."""
+    The input is either blocks of lines (from ``transforms.read.ReadLineBlocks``: ``bytes`` holding lines
+    joined by newlines, or ``list[bytes]``; ``blocks=True``) or one line per element (``bytes``, as a
+    streaming source delivers them), which are batched first."""
 
     def __init__(self, settings: ParseSettings, blocks: bool = False, min_batch: int = 256, max_batch: int = 8192):
         super().__init__()
