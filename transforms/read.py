@@ -96,15 +96,15 @@ def _blocks(fh, pending: bytes, pos: int, end: int | None, block_bytes: int):
 
 
 def _block(data: bytes):
-    """The block's form for the parser: ``data`` itself (lines joined by ``\n``) unless a line ends in
-    ``\r`` (those lines are split and the ``\r`` dropped) or it is one empty line (a list, so it counts)."""
+    """The block's form for the parser: ``data`` itself (lines joined by ``\\n``) unless a line ends in
+    ``\\r`` (those lines are split and the ``\\r`` dropped) or it is one empty line (a list, so it counts)."""
     if not data or b"\r" in data:
         return [line[:-1] if line.endswith(b"\r") else line for line in data.split(b"\n")]
     return data
 
 
 def lines_of(block) -> list[bytes]:
-    """The lines of a block ``ReadLineBlocks`` yields: ``bytes`` holding the lines joined by ``\n`` (no line
+    """The lines of a block ``ReadLineBlocks`` yields: ``bytes`` holding the lines joined by ``\\n`` (no line
     break after the last), or a ``list`` of lines."""
     return block.split(b"\n") if isinstance(block, bytes) else block
 
