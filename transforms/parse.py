@@ -38,9 +38,9 @@ class _JoinedLines:
     """Line ``i`` of a joined block, sliced out when asked: the fast path needs only a few (events whose id
     is derived from the whole line, events handed to the per-event path)."""
 
-    def __init__(self, data: bytes, ends: np.ndarray):
+    def __init__(self, data: bytes, bounds: np.ndarray):
         self._data = data
-        self._bounds = np.concatenate(([-1], ends, [len(data)]))
+        self._bounds = bounds  # line i is data[bounds[i] + 1:bounds[i + 1]]
 
     def __getitem__(self, i: int) -> bytes:
         return self._data[int(self._bounds[i]) + 1:int(self._bounds[i + 1])]
@@ -182,7 +182,7 @@ class _ParseBatchFn(beam.DoFn):
         plain = None
         if use_fast:
             plain = self._plain_joined(data) if data is not None else self._plain_block(lines)
-        block = bulk.decode_joined(plain[0], len(plain[1]) + 1) if plain is not None else None
+        block = bulk.decode_joined(plain[0], len(plain[1]) - 1) if plain is not None else None
         if block is not None:
             (events, probes), slow, blank = block, [], 0
             fast_lines, seen = (lines if data is None else _JoinedLines(*plain)), len(events)
@@ -251,10 +251,11 @@ class _ParseBatchFn(beam.DoFn):
         return seen, blank
 
     def _plain_block(self, lines):
-        """``(joined, line ends)`` if every line may go to the fast path without the per-line checks, else
+        """``(joined, bounds)`` if every line may go to the fast path without the per-line checks, else
         None: none blank, none over ``max_event_bytes``, all valid UTF-8 without a BOM, none deeper than
         ``max_nesting_depth`` by bracket count (``_line_by_line`` applies the same checks line by line).
-        ``joined``: the lines joined by newlines; line ends: the newlines' positions in it."""
+        ``joined``: the lines joined by newlines; ``bounds``: -1, the newlines' positions in it, its length
+        (line ``i`` is ``joined[bounds[i] + 1:bounds[i + 1]]``)."""
         try:
             if not (lines and all(lines) and not any(map(bytes.isspace, lines))):
                 return None
@@ -289,13 +290,13 @@ class _ParseBatchFn(beam.DoFn):
             if np.bincount(np.searchsorted(ends, brackets)).max() > s.max_nesting_depth:
                 return None
         if codes.max() < 0x80:  # all ASCII
-            return data, ends
+            return data, bounds
         # Joined by a newline, which no multi-byte sequence can span: the block is valid UTF-8 exactly when
         # every line is. A BOM anywhere in a joined block sends it line by line (where a leading one is cut).
         bom = any(map(bytes.startswith, lines, repeat(_BOM))) if lines is not None else _BOM in data
         if bom or not _valid_utf8(data):
             return None
-        return data, ends
+        return data, bounds
 
     def _table(self, columns) -> pa.Table:
         arrays = [c.cast(f.type) if isinstance(c, pa.Array) else pa.array(c, type=f.type)
