@@ -35,7 +35,12 @@ REASONS = {
     "invalid_field": "a known field has the wrong JSON type or length (the error names the field)",
     "conflicting_event_id": "messageId and event_id are both present and differ",
     "invalid_timestamp": "timestamp, originalTimestamp, receivedAt or sentAt cannot be parsed",
-    "timestamp_out_of_range": "timestamp outside the window around received_at",
+    "timestamp_out_of_range": "timestamp outside the window around received_at, or received_at outside the "
+                              "window (--max_past_days / --max_future_hours) around the processing time",
+    "internal_error": "handling this one event raised an unexpected error (the error names its type): a bug to "
+                      "report; the event is kept here instead of failing the run",
+    "corrupt_input": "a compressed input file is damaged or cut short; the events before the damage were read "
+                     "(the error names the file and how many lines were read)",
     "invalid_partition_value": "a value the partition template needs is missing, empty or too long",
     "unknown_tenant": "routing.unknown_tenant is dead_letter and the event's tenant has no route",
     "encryption_key_unusable": "the tenant's encryption key was refused or is not enabled; nothing was "

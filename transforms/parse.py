@@ -29,7 +29,7 @@ from transforms.events import batch_schema
 
 DEAD_LETTERS = "dead_letters"
 _BOM = b"\xef\xbb\xbf"
-_OPEN_BRACE, _OPEN_BRACKET, _NEWLINE = ord("{"), ord("["), ord("\n")
+_OPEN_BRACE, _CLOSE_BRACE, _OPEN_BRACKET, _NEWLINE = ord("{"), ord("}"), ord("["), ord("\n")
 _SPACE = np.zeros(256, dtype=bool)  # the bytes ``bytes.isspace`` counts as whitespace
 _SPACE[list(b" \t\n\r\x0b\x0c")] = True
 
@@ -157,7 +157,7 @@ class _ParseBatchFn(beam.DoFn):
         self._masks.release()
 
     def _reject(self, reason, stage, error, line, event_id=None):
-        deadletter.count(reason)
+        # Counted when emitted (``process``), so a block handled again line by line is not counted twice.
         return beam.pvalue.TaggedOutput(DEAD_LETTERS, deadletter.make_record(
             reason, stage, error, line, self._s.source_id, event_id=event_id))
 
@@ -171,10 +171,46 @@ class _ParseBatchFn(beam.DoFn):
         return self._reject("parse_error", "parse", str(exc), line)
 
     def process(self, lines):
+        """Parse one block (or batch) of lines. No input line can fail the job: if handling the block raises
+        anything unexpected, its lines are handled again one at a time, and a line that still raises becomes
+        an ``internal_error`` dead letter naming the exception's type (its message may quote the event)."""
+        try:
+            outputs, seen, blank = self._parse_block(lines)
+        except Exception:  # noqa: BLE001 - one event must not fail the run (a crash loop in streaming)
+            outputs, seen, blank = self._one_at_a_time(lines)
+        self._input.inc(seen)
+        if blank:
+            self._blank.inc(blank)
+        for out in outputs:
+            if isinstance(out, beam.pvalue.TaggedOutput):
+                deadletter.count(out.value["reason"])
+            yield out
+
+    def _one_at_a_time(self, lines):
+        """``_parse_block`` of each line alone; a line whose handling raises becomes its dead letter."""
+        outputs, seen, blank = [], 0, 0
+        for line in (lines.split(b"\n") if isinstance(lines, bytes) else lines):
+            try:
+                out, line_seen, line_blank = self._parse_block([line], fast=False)
+            except Exception as exc:  # noqa: BLE001
+                out, line_seen, line_blank = [self._reject("internal_error", "parse", type(exc).__name__, line)], 1, 0
+            outputs += out
+            seen += line_seen
+            blank += line_blank
+        return outputs, seen, blank
+
+    def _parse_block(self, lines, fast: bool = True):
+        """``(outputs, non-blank lines, blank lines)`` of one block: ``(shard, table)`` pairs and dead
+        letters (``TaggedOutput``), nothing counted yet. ``fast=False``: the per-event rules only."""
+        outputs = list(self._parse(lines, fast))
+        return outputs, self._seen, self._blank_seen
+
+    def _parse(self, lines, fast: bool):
         s = self._s
+        self._seen = self._blank_seen = 0  # envelopes add to them as they are opened (_count_envelope)
         bulk = self._bulk
         now = deadletter.now_us()
-        use_fast = bulk.usable and s.dialect in ("auto", "segment")
+        use_fast = fast and bulk.usable and s.dialect in ("auto", "segment")
         # A block from ``transforms.read`` may come as the bytes it was read in, its lines joined by newlines.
         data = lines if isinstance(lines, bytes) else None
         # The common case: a block of plain lines that all decode on the fast path, checked and decoded with
@@ -191,9 +227,8 @@ class _ParseBatchFn(beam.DoFn):
                 lines = data.split(b"\n")  # a joined block holds no line ending in \r (the reader lists those)
             events, probes, fast_lines, slow = [], [], [], []
             seen, blank = yield from self._line_by_line(lines, use_fast, events, probes, fast_lines, slow)
-        self._input.inc(seen)
-        if blank:
-            self._blank.inc(blank)
+        self._seen += seen
+        self._blank_seen += blank
         tables = []
         if events:
             columns, accepted, rejected = bulk.run(events, probes, now, fast_lines)
@@ -285,6 +320,13 @@ class _ParseBatchFn(beam.DoFn):
             return None
         if int(np.diff(bounds).max()) - 1 > s.max_event_bytes:
             return None
+        # Every line must start with ``{`` and end with ``}``: inside a JSON value a ``}`` is never followed
+        # by whitespace and then ``{``, so no value can then span a line break, each line holds at least one
+        # value, and the decode's count equal to the lines' means one value a line. The count alone is not
+        # enough: an object split over two lines and a line holding two objects balance it, and values
+        # would be paired with the wrong lines.
+        if (codes[bounds[:-1] + 1] != _OPEN_BRACE).any() or (codes[bounds[1:] - 1] != _CLOSE_BRACE).any():
+            return None
         brackets = self._masks.positions(codes, _OPEN_BRACE, _OPEN_BRACKET)
         if len(brackets) > s.max_nesting_depth:
             if np.bincount(np.searchsorted(ends, brackets)).max() > s.max_nesting_depth:
@@ -351,10 +393,9 @@ class _ParseBatchFn(beam.DoFn):
     def _count_envelope(self, events: int):
         """``input`` counts events: a line holding several adds the rest; one holding none (an empty batch or
         export) is counted with the blank lines, so the accounting still balances."""
-        if events != 1:
-            self._input.inc(events - 1)
+        self._seen += events - 1
         if events == 0:
-            self._blank.inc()
+            self._blank_seen += 1
 
     def _limits(self, now: int) -> common.Limits:
         return common.Limits(self._s.source_id, now, self._max_past_us, self._max_future_us)

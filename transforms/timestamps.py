@@ -45,9 +45,14 @@ def parse_timestamp_us(value) -> int:
         if dt.tzinfo is None:
             dt = dt.replace(tzinfo=timezone.utc)
         try:
-            return (dt - _EPOCH) // _US
+            us = (dt - _EPOCH) // _US
         except OverflowError:
             raise ValueError("timestamp out of range") from None
+        # An offset can carry a year-1 or year-9999 wall clock past datetime's range once in UTC
+        # (0001-01-01T00:30:00+01:00): such a value cannot name a partition or be formatted back.
+        if not MIN_US <= us <= MAX_US:
+            raise ValueError("timestamp out of range")
+        return us
     raise ValueError(f"a {type(value).__name__} is not a timestamp")
 
 

@@ -57,6 +57,9 @@ def time_us(value, field: str) -> int | None:
 
 
 def in_window(timestamp: int, received_at: int, limits: Limits) -> None:
+    if not (limits.now_us - limits.max_past_us <= received_at <= limits.now_us + limits.max_future_us):
+        raise Rejected("timestamp_out_of_range", "received_at is outside the accepted window around the "
+                                                 "processing time")
     if not (received_at - limits.max_past_us <= timestamp <= received_at + limits.max_future_us):
         raise Rejected("timestamp_out_of_range", "timestamp is outside the accepted window around received_at")
 

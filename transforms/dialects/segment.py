@@ -141,6 +141,9 @@ def normalise(obj: dict, source_id: str, processing_time_us: int, max_past_us: i
         received_at = _time(obj, "receivedAt")
         if received_at is None:
             received_at = processing_time_us
+        elif not (processing_time_us - max_past_us <= received_at <= processing_time_us + max_future_us):
+            raise Rejected("timestamp_out_of_range", "receivedAt is outside the accepted window around the "
+                                                     "processing time")
         sent_at = _time(obj, "sentAt")
         timestamp = _time(obj, "timestamp")
         if timestamp is None:

@@ -127,7 +127,8 @@ def timestamps_us(values: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             pass  # some string Arrow does not take: the general path below decides per value
         else:
             present = strings.is_valid().to_numpy(zero_copy_only=False)
-            return parsed.fill_null(0).to_numpy(), present, invalid
+            out = parsed.fill_null(0).to_numpy()
+            return out, present, _out_of_range(out, present, invalid)
     # Mixed types: one pass gives each value's type code; positions and values are then picked in C.
     codes = np.fromiter(map(_TYPE_CODES.get, map(type, values), repeat(_OTHER)), dtype=np.int8, count=n)
     present = codes != _NONE
@@ -160,7 +161,13 @@ def timestamps_us(values: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                     invalid[i] = True
     # any other type (a float, a bool) is refused by the decoder; were one here, it would count as invalid
     invalid |= codes == _OTHER
-    return out, present, invalid
+    return out, present, _out_of_range(out, present, invalid)
+
+
+def _out_of_range(out: np.ndarray, present: np.ndarray, invalid: np.ndarray) -> np.ndarray:
+    """``invalid`` plus the present values outside datetime's years 1..9999 in UTC (Arrow reads an offset
+    that carries year 1 into year 0; ``parse_timestamp_us`` refuses those)."""
+    return invalid | (present & ((out < MIN_US) | (out > MAX_US)))
 
 
 class BulkNormaliser:
@@ -312,11 +319,19 @@ class BulkNormaliser:
         # A bad time is rejected per event even where another one would be used: let that path decide.
         keep = ~(r_bad | s_bad | t_bad | o_bad)
         keep &= (timestamp >= received - self._max_past_us) & (timestamp <= received + self._max_future_us)
+        keep &= ((received >= processing_time_us - self._max_past_us)
+                 & (received <= processing_time_us + self._max_future_us))
         keep &= _numpy(pc.or_(anon_col.is_valid(), user_col.is_valid()))
         # a track needs a non-empty event name (a null name's length is null: not kept)
         named = pc.greater(pc.binary_length(name_col), 0)
         keep &= _numpy(pc.or_kleene(pc.not_equal(kind_col, "track"), named).fill_null(False))
         self._move_names(events, probes, kinds, keep, properties)
+        json_columns = [_json_column([e.context for e in events]), _json_column(properties),
+                        _json_column([e.traits for e in events])]
+        for column in json_columns:
+            # Numbers the per-event parser reads differently from their text (past int64 or a double's range,
+            # or more digits than a double holds) go that way, so both paths deliver the same value.
+            keep &= ~_numpy(pc.match_substring_regex(column, _LOSSY_NUMBER).fill_null(False))
         id_col = pa.array(ids, type=pa.string())
         if id_col.null_count:
             derived = {}
@@ -345,9 +360,7 @@ class BulkNormaliser:
             timestamp,
             received,
             pa.array(sent, type=pa.int64(), mask=~s_present),
-            _json_column([e.context for e in events]),
-            _json_column(properties),
-            _json_column([e.traits for e in events]),
+            *json_columns,
             pa.array(_id_texts(self._leaf(probes, "tenant")), type=pa.string()),
             pa.array(_id_texts(self._leaf(probes, "app")), type=pa.string()),
         ]
@@ -358,6 +371,9 @@ class BulkNormaliser:
         return columns, accepted, rejected
 
 
+# 19 digits in a row (an integer past int64, or a mantissa a double rounds) or a 3-digit exponent. It may
+# also match inside a string: such an event only takes the slower path.
+_LOSSY_NUMBER = r"[0-9]{19}|[eE][+-]?[0-9]{3}"
 _MOVED_FIELDS = ("name", "category", "groupId", "previousId")
 # Each field read out of a batch's events with the attribute named in the code: Python specialises that
 # lookup, ``getattr(e, src)`` with a variable name it cannot (11 against 33 ns an event).
