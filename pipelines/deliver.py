@@ -30,7 +30,6 @@ import re
 
 import apache_beam as beam
 import orjson
-from apache_beam.coders import BytesCoder
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
@@ -41,7 +40,7 @@ from transforms.dedup import DeduplicateEvents
 from transforms.deadletter import WriteDeadLetters
 from transforms.integrations import load_integrations
 from transforms.parse import ParseEvents, ParseSettings
-from transforms.read import DEFAULT_SPLIT_BYTES, ReadLineBlocks
+from transforms.read import ReadLineBlocks, lines_of
 from transforms.routing import PrepareForIntegration
 from transforms.sinks import REGISTRY
 from transforms import streaming
@@ -84,17 +83,13 @@ def build_pipeline(p, inputs, integrations, settings: ParseSettings, dead_letter
     "allowed_lateness_seconds", optional "clock"}`` (see ``transforms.streaming``)."""
     if stream is not None:
         return _build_streaming(p, integrations, settings, dead_letter_path, stream)
+    read = p | "ReadInput" >> ReadLineBlocks(inputs)
+    lines = read.blocks
     if per_line:
-        # Beam's text reader with the same 16 MB ranges as the block reader (ReadFromText's 64 MB left one of
-        # two workers with 4 of a 430 MB file's 7 ranges).
-        lines = (p
-                 | "InputGlobs" >> beam.Create(list(inputs))
-                 | "ReadInput" >> beam.io.ReadAllFromText(desired_bundle_size=DEFAULT_SPLIT_BYTES, coder=BytesCoder()))
-    else:
-        lines = p | "ReadInput" >> ReadLineBlocks(inputs)
+        lines = lines | "OneElementPerLine" >> beam.FlatMap(lines_of)
     parsed = lines | "ParseEvents" >> ParseEvents(settings, blocks=not per_line)
     unique = parsed.events | "DeduplicateEvents" >> DeduplicateEvents()
-    dead_letters = [parsed.dead_letters]
+    dead_letters = [read.dead_letters, parsed.dead_letters]
     outputs = {"unique": unique, "integrations": {}}
     for integ in integrations:
         if not integ.enabled:
@@ -244,6 +239,11 @@ def run(argv=None) -> int:
             fh.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
     if not summary["balanced"]:
         print("run failed: accounting does not balance (see summary)", file=sys.stderr)
+        return 1
+    damaged = summary["dead_letters"]["by_reason"].get("corrupt_input", 0)
+    if damaged:
+        print(f"run failed: {damaged} compressed input file(s) are damaged or cut short; the lines before the "
+              "damage were delivered, the rest was not (see the corrupt_input dead letters)", file=sys.stderr)
         return 1
     over = [(iid, e["quota"]) for iid, e in summary["integrations"].items() if e.get("quota", {}).get("exceeded")]
     for iid, quota in over:

@@ -62,5 +62,5 @@ class DeliveryOptions(PipelineOptions):
                             help="Streaming: events timed more than this before their arrival are dead letters "
                                  "too_late; later ones go to their old partition as new files.")
         parser.add_argument("--per_line_input", action="store_true", default=False,
-                            help="Read inputs one element per line (ReadFromText) instead of in blocks: how a "
+                            help="Parse inputs one element per line instead of in blocks: how a "
                                  "streaming source delivers events; slower, kept for comparison.")

@@ -8,14 +8,38 @@ read whole by one worker, uncompressed files are cut
 into byte ranges of ``split_bytes`` that workers read in parallel. A range owns every line that *starts*
 inside it, so each line is read exactly once whatever the split.
 
+A compressed file that is damaged or cut short is never read silently in part: Beam's decompressing
+reader stops at the cut as if the file ended there, so gzip, bzip2 and xz/lzma files are decompressed by
+Python's own readers, which check each stream's end marker (and gzip's CRC and length). The lines before
+the damage go on as usual; the file gets a ``corrupt_input`` dead letter (``DEAD_LETTERS`` output) naming
+it and the number of lines read, counted as one input so the accounting still balances, and the delivery
+command exits non-zero. Other compressions (deflate, zstd, snappy) are read with Beam's reader.
+
 Why not ``ReadFromText``: it makes one Beam element per line (a Python object, a timestamp and a
 window each), which cost about as much as parsing the line; the parser works on whole blocks anyway.
 """
 from __future__ import annotations
 
+import bz2
+import gzip
+import lzma
+import zlib
+
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from transforms import deadletter
+
+DEAD_LETTERS = "dead_letters"
+# Decompressing readers that raise on a missing end of stream, by Beam's name for the compression.
+_CHECKED_READERS = {
+    CompressionTypes.GZIP: lambda raw: gzip.GzipFile(fileobj=raw, mode="rb"),
+    CompressionTypes.BZIP2: lambda raw: bz2.BZ2File(raw, mode="rb"),
+    CompressionTypes.LZMA: lambda raw: lzma.LZMAFile(raw, mode="rb"),
+}
+_DAMAGE = (EOFError, OSError, zlib.error, lzma.LZMAError, ValueError)
 
 # Ranges are the unit of parallel reading: a runner hands them out in whole numbers, so a 430 MB file in
 # 64 MB ranges (7) left one of two workers with 4 of them; 16 MB ranges even the load out.
@@ -126,22 +150,51 @@ class _ExpandGlobFn(beam.DoFn):
                     yield meta.path, start, end
 
 
+def _line_count(block) -> int:
+    return block.count(b"\n") + 1 if isinstance(block, bytes) else len(block)
+
+
 class _ReadRangeFn(beam.DoFn):
     def __init__(self, block_bytes: int):
         self._block_bytes = block_bytes
 
+    def setup(self):
+        self._input = Metrics.counter(deadletter.NAMESPACE, "input")
+
     def process(self, element):
         path, start, end = element
         if end is None:
-            with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as fh:
-                yield from _blocks(fh, b"", 0, None, self._block_bytes)
+            yield from self._read_compressed(path)
         else:
             with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
                 yield from read_range(fh, start, end, self._block_bytes)
 
 
+    def _read_compressed(self, path: str):
+        kind = CompressionTypes.detect_compression_type(path)
+        checked = _CHECKED_READERS.get(kind)
+        lines = 0
+        try:
+            if checked is None:
+                with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as fh:
+                    yield from _blocks(fh, b"", 0, None, self._block_bytes)
+                return
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw, checked(raw) as fh:
+                for block in _blocks(fh, b"", 0, None, self._block_bytes):
+                    lines += _line_count(block)
+                    yield block
+        except _DAMAGE as exc:
+            # The damaged rest stands as one input line, dead-lettered: the accounting balances and says so.
+            self._input.inc()
+            deadletter.count("corrupt_input")
+            yield beam.pvalue.TaggedOutput(DEAD_LETTERS, deadletter.make_record(
+                "corrupt_input", "read", f"{path}: {kind} stream damaged or cut short ({type(exc).__name__}); "
+                f"{lines} lines were read before it, the rest of the file was not", b"", None))
+
+
 class ReadLineBlocks(beam.PTransform):
-    """Input globs -> blocks of lines (``bytes`` of lines joined by ``\\n``, or ``list[bytes]``: ``lines_of``)."""
+    """Input globs -> ``{"blocks": blocks of lines (``bytes`` of lines joined by ``\\n``, or ``list[bytes]``:
+    ``lines_of``), "dead_letters": one record per damaged compressed file}``."""
 
     def __init__(self, globs, split_bytes: int = DEFAULT_SPLIT_BYTES, block_bytes: int = DEFAULT_BLOCK_BYTES):
         super().__init__()
@@ -155,4 +208,4 @@ class ReadLineBlocks(beam.PTransform):
                 | "Ranges" >> beam.ParDo(_ExpandGlobFn(self._split_bytes))
                 # Ranges are tiny; redistributing them lets every worker read a part of a big file.
                 | "Spread" >> beam.Reshuffle()
-                | "ReadBlocks" >> beam.ParDo(_ReadRangeFn(self._block_bytes)))
+                | "ReadBlocks" >> beam.ParDo(_ReadRangeFn(self._block_bytes)).with_outputs(DEAD_LETTERS, main="blocks"))

@@ -50,6 +50,6 @@ def test_read_line_blocks_in_a_pipeline(tmp_path):
     (tmp_path / "b.ndjson.gz").write_bytes(gzip.compress(b'{"g":1}\n{"g":2}\n'))
     want = expected_lines(plain) + [b'{"g":1}', b'{"g":2}']
     with beam.Pipeline(runner="FnApiRunner") as p:
-        lines = (p | ReadLineBlocks([str(tmp_path / "*.ndjson*")], split_bytes=700, block_bytes=64)
-                 | beam.FlatMap(lines_of))
+        read = p | ReadLineBlocks([str(tmp_path / "*.ndjson*")], split_bytes=700, block_bytes=64)
+        lines = read.blocks | beam.FlatMap(lines_of)
         assert_that(lines, equal_to(want))
