@@ -48,6 +48,10 @@ from transforms.streaming import BatchByInterval, DeduplicateStream, ReadStream
 
 DEFAULT_BATCH_RUNNER = "FnApiRunner"
 DEFAULT_STREAMING_RUNNER = "BundleBasedDirectRunner"  # the DirectRunner's streaming engine, no download
+# Runners whose workers run on this machine as this process or its children (they inherit its environment,
+# which is how inline secrets reach them without entering the pipeline graph: transforms.secrets).
+LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner",
+                 "TestDirectRunner", "PrismRunner")
 log = logging.getLogger("beamhouse")
 
 
@@ -162,6 +166,21 @@ def preflight(integrations) -> list[str]:
     return errors
 
 
+def _workers_are_local(options) -> bool:
+    from apache_beam.options.pipeline_options import PortableOptions
+
+    runner = options.view_as(StandardOptions).runner
+    name = runner if isinstance(runner, str) else type(runner).__name__
+    return name.rsplit(".", 1)[-1] in LOCAL_RUNNERS or options.view_as(PortableOptions).environment_type == "LOOPBACK"
+
+
+def inline_secret_errors(integrations) -> list[str]:
+    """One error per inline secret of an enabled integration (for runners whose workers are elsewhere)."""
+    return [f"$[{i}].config.{path}: an inline secret cannot reach workers on other machines without entering "
+            "the job graph; give it as env:NAME or file:PATH there (or run locally)"
+            for i, integ in enumerate(integrations) if integ.enabled for path in secrets.has_inline(integ.config)]
+
+
 def run(argv=None) -> int:
     """Run the delivery job; returns the exit status."""
     secrets.install_log_redaction()
@@ -201,12 +220,14 @@ def run(argv=None) -> int:
     for name in ("max_event_bytes", "max_nesting_depth", "shards"):
         if getattr(opts, name) < 1:
             errors.append(f"--{name}: must be at least 1")
+    if not _workers_are_local(options):
+        errors += inline_secret_errors(integrations)
     if not errors and not opts.skip_preflight:
         errors += preflight(integrations)
     if errors:
         print(f"{len(errors)} configuration error(s):", file=sys.stderr)
         for err in errors:
-            print(f"  {err}", file=sys.stderr)
+            print(f"  {secrets.redact(err)}", file=sys.stderr)
         return 2
     enabled = [i for i in integrations if i.enabled]
     settings = parse_settings(opts, integrations)
@@ -229,7 +250,7 @@ def run(argv=None) -> int:
                 return 0
     except Exception as exc:  # noqa: BLE001 - report and exit 1; the traceback goes to the debug log
         log.debug("run failed", exc_info=True)
-        print(f"run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"run failed: {type(exc).__name__}: {secrets.redact(str(exc))}", file=sys.stderr)
         return 1
     summary = accounting.summarise(accounting.counters(result), enabled)
     print(accounting.format_summary(summary))

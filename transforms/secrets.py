@@ -3,13 +3,23 @@
 A secret field (``secret_access_key``, ``service_account_json``, ``password``, ``private_key`` ...) accepts:
 
 - ``"env:NAME"``: the value of environment variable ``NAME`` on the machine that uses it;
-- ``"file:/path/to/file"``: the file's content (trailing newline removed);
+- ``"file:/path/to/file"``: the file's content;
 - any other string: the value itself (kept in a ``Secret`` whose ``repr``/``str`` are masked).
 
+A reference's value loses one trailing line break (``\n`` or ``\r\n``): Kubernetes secrets mounted as
+files or variables usually end in one, and a key with a newline fails to authenticate (and gets printed
+by clients in an escaped form). Other whitespace is kept.
+
 References are resolved where the secret is used (the worker), so with references the secret never
-enters the pipeline graph, its options or its logs. Every resolved value is registered with the log
-redactor: ``install_log_redaction()`` (called by the entry points) rewrites any log record that contains
-a registered value, whichever library logged it (botocore at DEBUG logs request headers, for instance).
+enters the pipeline graph, its options or its logs. An inline value never enters the graph either: a
+pickled inline ``Secret`` becomes a reference to an environment variable of the job's process (named
+``BEAMHOUSE_INLINE_SECRET_<random>``), which local workers inherit; a job whose workers are on other
+machines (Dataflow, a Flink cluster) cannot use inline secrets, and ``pipelines.deliver`` says so at start.
+
+Every resolved value is registered with the log redactor, in every form clients print it (``printed_forms``:
+as is, Python-escaped as in ``b'...'``, JSON-escaped, URL-encoded): ``install_log_redaction()`` (called by
+the entry points) rewrites any log record that contains one, whichever library logged it (botocore at
+DEBUG logs request headers, for instance), and ``redact`` is applied to every error the commands print.
 
 Use::
 
@@ -22,7 +32,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import uuid
 from typing import Annotated, Any
+from urllib.parse import quote, quote_plus
 
 from pydantic import PlainSerializer, PlainValidator
 
@@ -30,6 +42,8 @@ MASK = "***"
 _REGISTERED: set[str] = set()
 _LOCK = threading.Lock()
 _MIN_REDACT_LEN = 4  # shorter values would redact ordinary words
+INLINE_ENV_PREFIX = "BEAMHOUSE_INLINE_SECRET_"
+_INLINE_NAMES: dict[str, str] = {}  # inline value -> the environment variable that carries it to workers
 
 
 class SecretError(ValueError):
@@ -64,14 +78,18 @@ class Secret:
         raw = self._raw
         if raw.startswith("env:"):
             value = os.environ.get(raw[4:])
+            register(value)  # as given too: a client may print it before the line break is dropped
+            value = _drop_line_break(value)
             if not value:
                 raise SecretError(f"secret reference {raw} is not set in the environment")
         elif raw.startswith("file:"):
             try:
                 with open(raw[5:], encoding="utf-8") as fh:
-                    value = fh.read().rstrip("\r\n")
-            except OSError as exc:
+                    value = fh.read()
+            except (OSError, UnicodeDecodeError) as exc:
                 raise SecretError(f"secret reference {raw} cannot be read ({type(exc).__name__})") from None
+            register(value)
+            value = _drop_line_break(value)
             if not value:
                 raise SecretError(f"secret reference {raw} is empty")
         else:
@@ -98,8 +116,51 @@ class Secret:
     def __hash__(self) -> int:
         return hash(self._raw)
 
-    def __reduce__(self):  # pickled into DoFns as it is (a reference stays a reference)
-        return (Secret, (self._raw,))
+    def __reduce__(self):
+        # Pickled into DoFns as a reference: an inline value travels in the job's environment, never in
+        # the pipeline graph (see the module docstring).
+        return (Secret, (self._raw if self.is_reference else _inline_reference(self._raw),))
+
+
+def _drop_line_break(value: str | None) -> str | None:
+    if value and value.endswith("\n"):
+        value = value[:-2] if value.endswith("\r\n") else value[:-1]
+    return value
+
+
+def _inline_reference(value: str) -> str:
+    with _LOCK:
+        name = _INLINE_NAMES.get(value)
+        if name is None:
+            name = _INLINE_NAMES[value] = INLINE_ENV_PREFIX + uuid.uuid4().hex[:16].upper()
+            os.environ[name] = value
+    return "env:" + name
+
+
+def has_inline(model) -> list[str]:
+    """The JSON paths (``a.b``) of the inline secrets in a pydantic model, recursively."""
+    found = []
+    for name in type(model).model_fields:
+        value = getattr(model, name, None)
+        if isinstance(value, Secret) and not value.is_reference:
+            found.append(name)
+        elif hasattr(type(value), "model_fields"):
+            found += [f"{name}.{sub}" for sub in has_inline(value)]
+    return found
+
+
+def printed_forms(value: str) -> set[str]:
+    """``value`` and the forms clients print it in: Python-escaped (``repr`` of the text or of its UTF-8
+    bytes, as botocore prints header values), JSON-escaped, URL-encoded (path and form style)."""
+    import orjson
+
+    forms = {value, repr(value)[1:-1], repr(value.encode("utf-8", "surrogatepass"))[2:-1],
+             quote(value, safe=""), quote_plus(value), quote(value)}
+    try:
+        forms.add(orjson.dumps(value).decode()[1:-1])
+    except orjson.JSONEncodeError:  # a lone surrogate: no JSON form
+        pass
+    return {f for f in forms if len(f) >= _MIN_REDACT_LEN}
 
 
 def _to_secret(value: Any) -> Secret:
@@ -122,7 +183,7 @@ def register(value: str) -> None:
     """Remember a secret value so log records containing it are redacted."""
     if isinstance(value, str) and len(value) >= _MIN_REDACT_LEN:
         with _LOCK:
-            _REGISTERED.add(value)
+            _REGISTERED.update(printed_forms(value))
             # Service-account JSON: its private key and key id appear on their own in library logs.
             if value.lstrip().startswith("{"):
                 try:
@@ -131,7 +192,7 @@ def register(value: str) -> None:
                     info = orjson.loads(value)
                     for key in ("private_key", "private_key_id"):
                         if isinstance(info.get(key), str) and len(info[key]) >= _MIN_REDACT_LEN:
-                            _REGISTERED.add(info[key])
+                            _REGISTERED.update(printed_forms(info[key]))
                 except Exception:  # noqa: BLE001 - not JSON: the whole value is registered already
                     pass
 
