@@ -39,7 +39,7 @@ from transforms import accounting, coders, secrets
 from transforms.dedup import DeduplicateEvents
 from transforms.deadletter import WriteDeadLetters
 from transforms.integrations import load_integrations
-from transforms.parse import ParseEvents, ParseSettings
+from transforms.parse import MAX_NESTING_DEPTH, ParseEvents, ParseSettings
 from transforms.read import ReadLineBlocks, lines_of
 from transforms.routing import PrepareForIntegration
 from transforms.sinks import REGISTRY
@@ -220,6 +220,9 @@ def run(argv=None) -> int:
     for name in ("max_event_bytes", "max_nesting_depth", "shards"):
         if getattr(opts, name) < 1:
             errors.append(f"--{name}: must be at least 1")
+    if opts.max_nesting_depth > MAX_NESTING_DEPTH:
+        errors.append(f"--max_nesting_depth: at most {MAX_NESTING_DEPTH} (deeper values cannot be written back "
+                      "as JSON by the encoders)")
     if not _workers_are_local(options):
         errors += inline_secret_errors(integrations)
     if not errors and not opts.skip_preflight:

@@ -33,11 +33,13 @@ class DeliveryOptions(PipelineOptions):
         parser.add_argument("--max_event_bytes", type=int, default=_PARSE.max_event_bytes,
                             help="Longer lines are dead-lettered as too_large.")
         parser.add_argument("--max_nesting_depth", type=int, default=_PARSE.max_nesting_depth,
-                            help="Deeper events are dead-lettered as too_deep.")
+                            help="Deeper events are dead-lettered as too_deep (1 to 200).")
         parser.add_argument("--max_past_days", type=float, default=_PARSE.max_past_days,
-                            help="Events timed more than this before received_at are timestamp_out_of_range.")
+                            help="Events timed more than this before received_at, and receivedAt more than this "
+                                 "before the processing time, are timestamp_out_of_range.")
         parser.add_argument("--max_future_hours", type=float, default=_PARSE.max_future_hours,
-                            help="Events timed more than this after received_at are timestamp_out_of_range.")
+                            help="Events timed more than this after received_at, and receivedAt more than this "
+                                 "after the processing time, are timestamp_out_of_range.")
         # 16, not one per core: a worker holds one shard's events several times over while deduplicating
         # them (decoded, filtered, regrouped), so smaller shards cap its memory (1M events: 2.4 -> 1.9 GiB
         # summed over the local runner's processes, same time).

@@ -28,6 +28,9 @@ from transforms.dialects import cloudevents, common, otel, segment, segment_bulk
 from transforms.events import batch_schema
 
 DEAD_LETTERS = "dead_letters"
+# The deepest --max_nesting_depth: orjson writes at most 254 levels back out (its recursion limit), and
+# an event's JSON columns sit one level below the event. The depth check itself walks iteratively.
+MAX_NESTING_DEPTH = 200
 _BOM = b"\xef\xbb\xbf"
 _OPEN_BRACE, _CLOSE_BRACE, _OPEN_BRACKET, _NEWLINE = ord("{"), ord("}"), ord("["), ord("\n")
 _SPACE = np.zeros(256, dtype=bool)  # the bytes ``bytes.isspace`` counts as whitespace
@@ -382,6 +385,9 @@ class _ParseBatchFn(beam.DoFn):
                 self._count_envelope(len(obj["batch"]))
                 yield from self._segment_envelope(obj, now, cols)
                 return
+            if len(line) > s.max_event_bytes:  # a large line let through as a possible envelope, which it is not
+                yield self._reject("too_large", "parse", f"{len(line)} bytes exceeds {s.max_event_bytes}", line)
+                return
             rejected = self._segment_one(obj, line, now, cols)
             if rejected is not None:
                 yield rejected
@@ -467,6 +473,10 @@ class _ParseBatchFn(beam.DoFn):
             payload = orjson.dumps(event)
             if type(event) is not dict:
                 yield self._reject("not_an_object", "parse", f"a batch entry is a JSON {type(event).__name__}", payload)
+                continue
+            if len(payload) > self._s.max_event_bytes:  # the envelope may be large, each of its events not
+                yield self._reject("too_large", "parse", f"a batch entry of {len(payload)} bytes exceeds "
+                                   f"{self._s.max_event_bytes}", payload)
                 continue
             if sent_at is not None and event.get("sentAt") is None:
                 event = {**event, "sentAt": sent_at}
