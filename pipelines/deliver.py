@@ -40,7 +40,7 @@ from transforms.dedup import DeduplicateEvents
 from transforms.deadletter import WriteDeadLetters
 from transforms.integrations import load_integrations
 from transforms.parse import MAX_NESTING_DEPTH, ParseEvents, ParseSettings
-from transforms.read import ReadLineBlocks, lines_of
+from transforms.read import ReadLineBlocks, timed_lines
 from transforms.routing import PrepareForIntegration
 from transforms.sinks import REGISTRY
 from transforms import streaming
@@ -90,7 +90,7 @@ def build_pipeline(p, inputs, integrations, settings: ParseSettings, dead_letter
     read = p | "ReadInput" >> ReadLineBlocks(inputs)
     lines = read.blocks
     if per_line:
-        lines = lines | "OneElementPerLine" >> beam.FlatMap(lines_of)
+        lines = lines | "OneElementPerLine" >> beam.FlatMap(timed_lines)
     parsed = lines | "ParseEvents" >> ParseEvents(settings, blocks=not per_line)
     unique = parsed.events | "DeduplicateEvents" >> DeduplicateEvents()
     dead_letters = [read.dead_letters, parsed.dead_letters]

@@ -48,8 +48,8 @@ def summarise(values: dict[str, int], integrations) -> dict:
             "dead_lettered": sum(shared_dead.values()) + sum(own_dead.values()),
             "sink_dead_letters": dict(sorted(own_dead.items())),
         }
-        for key in ("files", "files_already_present", "reports", "rows_inserted", "rows_already_present",
-                    "partitions_completed"):
+        for key in ("files", "files_already_present", "already_delivered", "files_adopted", "reports",
+                    "rows_inserted", "rows_already_present", "partitions_completed"):
             if key in own:
                 entry[key] = own[key]
         usage = tenant_usage(own)
@@ -94,7 +94,8 @@ def format_summary(summary: dict) -> str:
     for reason, n in summary["dead_letters"]["by_reason"].items():
         lines.append(f"  dead letter {reason}: {n}")
     for iid, e in summary["integrations"].items():
-        extra = "".join(f"  {k} {e[k]}" for k in ("files", "files_already_present", "rows_inserted") if k in e)
+        extra = "".join(f"  {k} {e[k]}" for k in ("already_delivered", "files", "files_already_present", "files_adopted",
+                                                   "rows_inserted") if k in e)
         lines.append(f"{iid} ({e['vendor']}): delivered {e['delivered']}  consent_dropped {e['consent_dropped']}"
                      f"  dead_lettered {e['dead_lettered']}{extra}  {'balanced' if e['balanced'] else 'NOT BALANCED'}")
         for q in e.get("quota", {}).get("exceeded", []):

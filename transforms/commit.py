@@ -127,6 +127,10 @@ class LocalStorage:
         with open(self.path(relative), "rb") as fh:
             return fh.read()
 
+    def public_name(self, relative: str) -> str:
+        """The name a reader finds ``relative`` under (what reports list)."""
+        return relative
+
     def remove(self, relative: str) -> None:
         """Delete a file (bookkeeping markers); a missing one is fine."""
         try:
@@ -178,6 +182,9 @@ class BeamStorage:
     def read(self, relative: str) -> bytes:
         with FileSystems.open(partitioning.join(self.root, relative)) as fh:
             return fh.read()
+
+    def public_name(self, relative: str) -> str:
+        return relative
 
     def remove(self, relative: str) -> None:
         final = partitioning.join(self.root, relative)
@@ -265,7 +272,9 @@ def write_report(storage, integration_id: str, vendor: str, files: list[dict], c
         "created_at": created_at,
         "file_count": len(files),
         "record_count": sum(f["records"] for f in files),
-        "files": [{k: f[k] for k in ("path", "bytes", "records", "sha256", "partition", "tenant") if k in f} for f in files],
+        # Paths as a consumer finds them on the store (sFTP flattens partition folders into names).
+        "files": [{**{k: f[k] for k in ("path", "bytes", "records", "sha256", "partition", "tenant") if k in f},
+                   "path": storage.public_name(f["path"])} for f in files],
     }
     data = orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n"
     return publish_bytes(storage, report_name([f["path"] for f in files]), data, records=len(files))

@@ -18,6 +18,7 @@ Use::
 from __future__ import annotations
 
 import re
+import typing
 from typing import Any, Literal
 
 import orjson
@@ -26,6 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 _PURPOSE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _INTEGRATION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _SELECTABLE_ROOTS = ("context", "properties", "traits")
+# The run's own counters are named ``<name>`` or ``dead_letter.<reason>`` beside ``<integration_id>.<name>``:
+# an integration with one of these ids would read the run's counters as its own.
+RESERVED_IDS = frozenset({"dead_letter", "input", "blank_lines", "duplicates", "unique", "tenant"})
 
 
 class ConsentConfig(BaseModel):
@@ -76,6 +80,27 @@ class BaseDestinationConfig(BaseModel):
     properties: PropertySelection | None = None
     profile: Literal["warehouse"] = "warehouse"
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value, info):
+        # JSON true is not a count: pydantic's lax mode would take it as 1 (batch_size: true -> batches of 1).
+        if isinstance(value, bool):
+            annotation = cls.model_fields[info.field_name].annotation
+            if annotation in (int, float) or set(typing.get_args(annotation)) & {int, float}:
+                raise ValueError("expected a number, not true/false")
+        return value
+
+    def destination(self) -> str | None:
+        """Where this config writes, as ``scheme:location`` (a location ending in ``/`` is a prefix that
+        holds everything under it), for refusing two integrations that would write the same place; None
+        when the vendor does not say. Vendor models override it."""
+        return None
+
+    def integration_problems(self, integration: "Integration") -> list[tuple[str, str]]:
+        """Problems of this config together with its integration's own fields (``source_id``...), as
+        ``(field, message)`` pairs; e.g. a value the destination's columns cannot hold. Vendors override it."""
+        return []
+
 
 class Integration(BaseModel):
     """One configured destination."""
@@ -94,6 +119,10 @@ class Integration(BaseModel):
             self.integration_id = derive_integration_id(self.name)
         elif not _INTEGRATION_ID.match(self.integration_id):
             raise ValueError("integration_id: letters, digits, '_' or '-', starting with a letter or digit (at most 64)")
+        if self.integration_id in RESERVED_IDS:
+            raise ValueError(f"integration_id {self.integration_id!r} (given or derived from name) is reserved for "
+                             f"the run's own counters ({', '.join(sorted(RESERVED_IDS))}): choose another name "
+                             "or integration_id")
         return self
 
 
@@ -126,6 +155,7 @@ def validate_integrations(data: Any) -> tuple[list[Integration], list[str]]:
     if not isinstance(data, list):
         return [], ["$: the integrations file must hold a JSON list of integration objects"]
     integrations: list[Integration] = []
+    positions: list[int] = []  # each valid integration's index in ``data``, for error paths
     errors: list[str] = []
     for i, item in enumerate(data):
         where = f"$[{i}]"
@@ -143,16 +173,43 @@ def validate_integrations(data: Any) -> tuple[list[Integration], list[str]]:
         except ValidationError as exc:
             errors.extend(_format_errors(f"{where}.config", exc))
             continue
+        problems = integ.config.integration_problems(integ)
+        if problems:
+            errors.extend(f"{where}.{field}: {message}" for field, message in problems)
+            continue
         integrations.append(integ)
+        positions.append(i)
     seen: dict[str, int] = {}
-    for i, integ in enumerate(integrations):
+    for i, integ in zip(positions, integrations):
         if integ.integration_id in seen:
             errors.append(f"$[{i}].integration_id: duplicate integration_id {integ.integration_id!r} "
                           f"(give each integration a distinct name or integration_id)")
         seen[integ.integration_id] = i
+    errors += shared_destination_errors(list(zip(positions, integrations)))
     if not errors and not any(integ.enabled for integ in integrations):
         errors.append("$: no enabled integration")
     return integrations, errors
+
+
+def shared_destination_errors(indexed) -> list[str]:
+    """Two enabled integrations writing the same place (a table, or overlapping paths or prefixes) deliver
+    every event twice, under whichever consent and property rules wrote last: refused. ``indexed``:
+    ``(index in the file, Integration)`` pairs."""
+    errors = []
+    placed: list[tuple[str, Integration]] = []
+    for i, integ in indexed:
+        where = integ.config.destination() if integ.enabled and hasattr(integ.config, "destination") else None
+        if where is None:
+            continue
+        for other_where, other in placed:
+            if where == other_where or (other_where.endswith("/") and where.startswith(other_where)) or \
+                    (where.endswith("/") and other_where.startswith(where)):
+                errors.append(f"$[{i}].config: writes where integration "
+                              f"{other.integration_id!r} writes ({integ.vendor}); every event would be delivered "
+                              "twice there - give each its own table, path or prefix")
+                break
+        placed.append((where, integ))
+    return errors
 
 
 def load_integrations(path: str) -> tuple[list[Integration], list[str]]:

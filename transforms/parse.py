@@ -174,9 +174,17 @@ class _ParseBatchFn(beam.DoFn):
         return self._reject("parse_error", "parse", str(exc), line)
 
     def process(self, lines):
-        """Parse one block (or batch) of lines. No input line can fail the job: if handling the block raises
-        anything unexpected, its lines are handled again one at a time, and a line that still raises becomes
-        an ``internal_error`` dead letter naming the exception's type (its message may quote the event)."""
+        """Parse one block (or batch) of lines, or a ``(landed_us, block)`` pair from the file reader: then
+        ``landed_us`` (the file's last-modified time) stands for the processing time, which is the
+        ``received_at`` of events without ``receivedAt``, so a re-run gives them the same partition and file.
+
+        No input line can fail the job: if handling the block raises anything unexpected, its lines are
+        handled again one at a time, and a line that still raises becomes an ``internal_error`` dead letter
+        naming the exception's type (its message may quote the event)."""
+        landed_us = None
+        if isinstance(lines, tuple):
+            landed_us, lines = lines
+        self._now = landed_us or deadletter.now_us()
         try:
             outputs, seen, blank = self._parse_block(lines)
         except Exception:  # noqa: BLE001 - one event must not fail the run (a crash loop in streaming)
@@ -212,7 +220,7 @@ class _ParseBatchFn(beam.DoFn):
         s = self._s
         self._seen = self._blank_seen = 0  # envelopes add to them as they are opened (_count_envelope)
         bulk = self._bulk
-        now = deadletter.now_us()
+        now = self._now
         use_fast = fast and bulk.usable and s.dialect in ("auto", "segment")
         # A block from ``transforms.read`` may come as the bytes it was read in, its lines joined by newlines.
         data = lines if isinstance(lines, bytes) else None

@@ -127,6 +127,11 @@ def _block(data: bytes):
     return data
 
 
+def timed_lines(timed) -> list[bytes]:
+    """The lines of a ``(landed_us, block)`` pair as ``ReadLineBlocks`` yields them."""
+    return lines_of(timed[1])
+
+
 def lines_of(block) -> list[bytes]:
     """The lines of a block ``ReadLineBlocks`` yields: ``bytes`` holding the lines joined by ``\\n`` (no line
     break after the last), or a ``list`` of lines."""
@@ -143,11 +148,12 @@ class _ExpandGlobFn(beam.DoFn):
 
     def process(self, glob: str):
         for meta in FileSystems.match([glob])[0].metadata_list:
+            landed_us = int((meta.last_updated_in_seconds or 0) * 1_000_000) or None
             if _compressed(meta.path):
-                yield meta.path, 0, None
+                yield meta.path, 0, None, landed_us
             else:
                 for start, end in line_ranges(meta.size_in_bytes, self._split_bytes):
-                    yield meta.path, start, end
+                    yield meta.path, start, end, landed_us
 
 
 def _line_count(block) -> int:
@@ -162,12 +168,17 @@ class _ReadRangeFn(beam.DoFn):
         self._input = Metrics.counter(deadletter.NAMESPACE, "input")
 
     def process(self, element):
-        path, start, end = element
+        path, start, end, landed_us = element
         if end is None:
-            yield from self._read_compressed(path)
+            blocks = self._read_compressed(path)
         else:
-            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
-                yield from read_range(fh, start, end, self._block_bytes)
+            blocks = self._read_range(path, start, end)
+        for block in blocks:
+            yield block if isinstance(block, beam.pvalue.TaggedOutput) else (landed_us, block)
+
+    def _read_range(self, path: str, start: int, end: int):
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
+            yield from read_range(fh, start, end, self._block_bytes)
 
 
     def _read_compressed(self, path: str):
@@ -193,8 +204,11 @@ class _ReadRangeFn(beam.DoFn):
 
 
 class ReadLineBlocks(beam.PTransform):
-    """Input globs -> ``{"blocks": blocks of lines (``bytes`` of lines joined by ``\\n``, or ``list[bytes]``:
-    ``lines_of``), "dead_letters": one record per damaged compressed file}``."""
+    """Input globs -> ``{"blocks": (landed_us, block) pairs, "dead_letters": one record per damaged
+    compressed file}``. ``block``: lines as ``bytes`` joined by ``\\n`` or a ``list[bytes]`` (``lines_of``);
+    ``landed_us``: the file's last-modified time in microseconds (None where the filesystem has none), which
+    the parser takes as the time the file's events were received when they do not say (so a re-run gives
+    them the same ``received_at``, partition and file)."""
 
     def __init__(self, globs, split_bytes: int = DEFAULT_SPLIT_BYTES, block_bytes: int = DEFAULT_BLOCK_BYTES):
         super().__init__()

@@ -52,6 +52,11 @@ def rows_of(path: Path) -> list[dict]:
     """The rows a delivered file holds (Parquet, NDJSON or gzip NDJSON)."""
     if path.suffix == ".parquet":
         return pq.read_table(path).to_pylist()
+    if path.suffix == ".csv" or path.name.endswith(".csv.gz"):
+        import pyarrow.csv as pcsv
+
+        return pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(
+            column_types={"event_id": "string"})).to_pylist()
     data = path.read_bytes()
     if path.suffix == ".gz":
         data = gzip.decompress(data)

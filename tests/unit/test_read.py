@@ -6,7 +6,7 @@ import random
 import apache_beam as beam
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms.read import RANGES_MULTIPLE, ReadLineBlocks, _blocks, line_ranges, lines_of, read_range
+from transforms.read import RANGES_MULTIPLE, ReadLineBlocks, _blocks, line_ranges, lines_of, read_range, timed_lines
 
 
 def expected_lines(data: bytes) -> list[bytes]:
@@ -51,5 +51,5 @@ def test_read_line_blocks_in_a_pipeline(tmp_path):
     want = expected_lines(plain) + [b'{"g":1}', b'{"g":2}']
     with beam.Pipeline(runner="FnApiRunner") as p:
         read = p | ReadLineBlocks([str(tmp_path / "*.ndjson*")], split_bytes=700, block_bytes=64)
-        lines = read.blocks | beam.FlatMap(lines_of)
+        lines = read.blocks | beam.FlatMap(timed_lines)
         assert_that(lines, equal_to(want))

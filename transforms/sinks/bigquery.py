@@ -74,6 +74,9 @@ class BigQueryConfig(BaseDestinationConfig):
     max_attempts: int = Field(5, ge=1, le=20)
     request_timeout_seconds: float = Field(60, gt=0, le=600)
 
+    def destination(self) -> str:
+        return f"bigquery:{self.project_id}.{self.dataset}.{self.table}"
+
     @property
     def table_id(self) -> str:
         return f"{self.project_id}.{self.dataset}.{self.table}"

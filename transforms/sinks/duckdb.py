@@ -37,6 +37,12 @@ class DuckDBConfig(BaseDestinationConfig):
     table: str = Field("events", pattern=rf"^({_IDENT}\.)?{_IDENT}$", description="[schema.]table")
     create_table: bool = True
 
+    def destination(self) -> str:
+        import os
+
+        table = self.table if "." in self.table else f"main.{self.table}"
+        return f"duckdb:{os.path.abspath(self.path)}#{table.lower()}"
+
 
 def quote_ident(name: str) -> str:
     """Quote a validated identifier (``[schema.]table``) for DuckDB."""

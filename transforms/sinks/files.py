@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from transforms import coders, commit, deadletter, formats, partitioning
+from transforms import coders, commit, deadletter, formats, ledger, partitioning
 from transforms.integrations import BaseDestinationConfig
 from transforms.profiles import hackle as hackle_profile
 from transforms.profiles import statsig as statsig_profile
@@ -252,6 +252,13 @@ class FileOutputConfig(BaseDestinationConfig):
 class FilesConfig(FileOutputConfig):
     path: str = Field(min_length=1, description="Destination root: a local path, s3://, gs:// or another Beam filesystem")
 
+    def destination(self) -> str:
+        import os
+
+        if "://" in self.path:  # s3://, gs://: the same place as an object-store vendor's bucket/prefix
+            return self.path.rstrip("/") + "/"
+        return "file://" + os.path.abspath(self.path).rstrip("/") + "/"
+
     def open_storage(self, route: Route):
         return commit.storage_for(self.path)
 
@@ -467,6 +474,9 @@ class _WritePartitionFn(beam.DoFn):
         self._delivered = Metrics.counter(deadletter.NAMESPACE, f"{self._iid}.delivered")
         self._files = Metrics.counter(deadletter.NAMESPACE, f"{self._iid}.files")
         self._present = Metrics.counter(deadletter.NAMESPACE, f"{self._iid}.files_already_present")
+        self._already = Metrics.counter(deadletter.NAMESPACE, f"{self._iid}.already_delivered")
+        self._adopted = Metrics.counter(deadletter.NAMESPACE, f"{self._iid}.files_adopted")
+        self._ledgers: dict[str, ledger.Ledger] = {}
         self._template = partitioning.parse_template(c.partition_by)
         self._pending_known: set[tuple[int, str]] = set()  # (storage, partition) with a pending marker
 
@@ -491,6 +501,7 @@ class _WritePartitionFn(beam.DoFn):
         if problem is not None:  # fail closed: never unencrypted, never under another key
             yield from sink_dead_letters(self._iid, "encryption_key_unusable", rows, problem, with_payload=False)
             return
+        rows = yield from self._subtract_delivered(route_key, storage, partition, rows)
         if self._config.completes_partitions():
             rows = yield from self._completion_check(storage, partition, rows)
         if self._config.profile == "statsig":
@@ -500,11 +511,31 @@ class _WritePartitionFn(beam.DoFn):
         for number, start in enumerate(range(0, rows.num_rows, self._config.batch_size), 1):
             chunk = rows.slice(start, self._config.batch_size)
             try:
-                record = self._write(storage, partition, tenant, chunk, number)
+                record = self._write(storage, self._ledgers[route_key], partition, tenant, chunk, number)
             except commit.KeyUnusable as exc:
                 yield from sink_dead_letters(self._iid, "encryption_key_unusable", chunk, str(exc), with_payload=False)
                 continue
-            yield {**record, "route": route_key, **({"tenant": tenant} if tenant is not None else {})}
+            yield {**record, "route": route_key}
+
+    def _subtract_delivered(self, route_key: str, storage, partition: str, rows):
+        """Drop the events the partition already holds (``transforms.ledger``: a re-run over grown input),
+        counted as delivered; yields the files of a stopped run that no report lists, for this run's report.
+        Returns the rows still to write."""
+        if route_key not in self._ledgers:
+            self._ledgers[route_key] = ledger.Ledger(storage)
+        held, adopt = self._ledgers[route_key].delivered(partition)
+        for record in adopt:
+            self._adopted.inc()
+            yield {**record, "status": "adopted", "route": route_key}
+        if not held:
+            return rows
+        known = pc.is_in(rows["event_id"], value_set=pa.array(list(held), type=pa.string()))
+        already = pc.sum(known).as_py() or 0
+        if not already:
+            return rows
+        self._delivered.inc(already)
+        self._already.inc(already)
+        return rows.filter(pc.invert(known))
 
     def _completion_check(self, storage, partition: str, rows):
         """Events of a partition already marked complete are dead letters: readers that trust the marker (or
@@ -541,7 +572,7 @@ class _WritePartitionFn(beam.DoFn):
             table, _ = statsig_profile.to_events(table, c.statsig.value_property)
         return table
 
-    def _write(self, storage, partition: str, tenant: str, rows, number: int = 1):
+    def _write(self, storage, book: ledger.Ledger, partition: str, tenant: str, rows, number: int = 1):
         c = self._config
         batch = partitioning.batch_id(self._iid, partition, rows["event_id"].cast(pa.binary()).to_pylist())
         first_us = pc.min(rows[c.partition_time]).value
@@ -553,6 +584,10 @@ class _WritePartitionFn(beam.DoFn):
         data = formats.encode(c.file_format, self._profile_table(rows), c.compression, **self._options)
         record = commit.publish_batch(storage, name_for, data, rows.num_rows, batch=batch,
                                       content_addressed=self._names.content_addressed, partition=partition)
+        record["batch"] = batch
+        if tenant is not None:
+            record["tenant"] = tenant
+        book.record(partition, batch, {k: v for k, v in record.items() if k != "status"}, rows["event_id"].to_pylist())
         if c.completes_partitions():
             # The partition has data: remember it and its end (in the destination, so a later run completes
             # it) and how far the delivered data reaches (the watermark completeness is judged by).
@@ -715,11 +750,17 @@ class _WriteReportFn(beam.DoFn):
 
         route_key, files = element
         storage = self._config.open_storage(Route.from_key(route_key))
-        entries = [{k: v for k, v in f.items() if k not in ("route", "max_received_at_us")} for f in files]
+        # One entry a path: a stopped run's file can be adopted by two workers meeting its partition.
+        entries = list({f["path"]: {k: v for k, v in f.items() if k not in ("route", "max_received_at_us")}
+                        for f in files}.values())
         report = commit.write_report(storage, self._iid, self._vendor, entries,
                                      created_at=format_us(deadletter.now_us()))
         if report is not None:
             Metrics.counter(deadletter.NAMESPACE, f"{self._iid}.reports").inc()
+            book = ledger.Ledger(storage)
+            for entry in entries:  # after the report: its files no longer need adopting
+                if "batch" in entry:
+                    book.mark_reported(entry["partition"], entry["batch"])
             yield {**report, "route": route_key}
 
 

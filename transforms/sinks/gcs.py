@@ -14,6 +14,8 @@ service agent on CMEK keys); ``storage.objects.get`` is needed only for file nam
 """
 from __future__ import annotations
 
+import typing
+
 import threading
 
 from pydantic import Field
@@ -27,6 +29,7 @@ SCOPES = ("https://www.googleapis.com/auth/devstorage.read_write",)
 
 
 class GCSConfig(ObjectStoreConfig):
+    URL_SCHEME: typing.ClassVar[str] = "gs"
     region: str | None = Field(None, pattern=r"^[a-z0-9-]{2,40}$", description="expected bucket location")
     project_id: str | None = Field(None, pattern=r"^[a-z][a-z0-9-]{4,61}[a-z0-9]$")
     service_account_json: SecretField | None = None
@@ -146,6 +149,9 @@ class GCSStorage:
 
     def read(self, relative: str) -> bytes:
         return self._bucket().blob(self.prefix + relative).download_as_bytes(timeout=120, retry=self._retry())
+
+    def public_name(self, relative: str) -> str:
+        return relative
 
     def remove(self, relative: str) -> None:
         """Delete one object (bookkeeping markers; needs storage.objects.delete); a missing one is fine."""

@@ -11,6 +11,8 @@ Layouts come from ``partition_by`` and ``file_name`` (see ``transforms.partition
 """
 from __future__ import annotations
 
+import typing
+
 from pydantic import Field, field_validator, model_validator
 
 from transforms import routes
@@ -27,6 +29,11 @@ class ObjectStoreConfig(FileOutputConfig):
     retention: Retention | None = None
     max_attempts: int = Field(5, ge=1, le=20, description="attempts per request, transient errors retried")
     check_kms_keys: bool = Field(True, description="check each key's state before its first write")
+
+    URL_SCHEME: typing.ClassVar[str] = ""  # each store's: s3, gs
+
+    def destination(self) -> str:
+        return f"{self.URL_SCHEME}://{self.bucket}/{self.prefix}".rstrip("/") + "/"
 
     @field_validator("bucket")
     @classmethod

@@ -80,6 +80,15 @@ class RedshiftConfig(BaseDestinationConfig):
     max_attempts: int = Field(5, ge=1, le=20)
     connect_timeout_seconds: int = Field(60, ge=1, le=600)
 
+    def destination(self) -> str:
+        return f"redshift:{self.host}:{self.port}/{self.database}.{self.schema_name}.{self.table}".lower()
+
+    def integration_problems(self, integration) -> list[tuple[str, str]]:
+        # Every row carries these two: one too wide for the seed's VARCHAR(64) would refuse every row.
+        return [(field, f"at most {width} bytes in Redshift's {TYPES[field].split()[0]} column")
+                for field in ("source_id", "integration_id")
+                if len(getattr(integration, field).encode()) > (width := varchar_width(TYPES[field]))]
+
     @field_validator("s3_bucket")
     @classmethod
     def _bucket(cls, value: str) -> str:
@@ -112,6 +121,11 @@ class RedshiftConfig(BaseDestinationConfig):
         return S3Storage(self.s3_bucket, self.s3_prefix, region=self.s3_region, endpoint_url=self.s3_endpoint_url,
                          access_key_id=self.s3_access_key_id, secret_access_key=self.s3_secret_access_key,
                          max_attempts=self.max_attempts)
+
+
+def varchar_width(sql_type: str) -> int:
+    """``VARCHAR(64) NOT NULL`` -> 64 (Redshift counts bytes)."""
+    return int(re.match(r"VARCHAR\((\d+)\)", sql_type).group(1))
 
 
 # -- pure SQL --------------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ lets the writer refuse a disabled key before trying it.
 """
 from __future__ import annotations
 
+import typing
+
 import base64
 import hashlib
 import threading
@@ -39,6 +41,7 @@ def is_kms_refusal(code: str, message: str) -> bool:
 
 
 class S3Config(ObjectStoreConfig):
+    URL_SCHEME: typing.ClassVar[str] = "s3"
     region: str = Field(pattern=r"^[a-z0-9-]{2,40}$")
     access_key_id: SecretField | None = None
     secret_access_key: SecretField | None = None
@@ -188,6 +191,9 @@ class S3Storage:
     def read(self, relative: str) -> bytes:
         """An object's bytes (needs s3:GetObject)."""
         return self._client().get_object(Bucket=self.bucket, Key=self.key(relative))["Body"].read()
+
+    def public_name(self, relative: str) -> str:
+        return relative
 
     def lookup(self, relative: str) -> dict | None:
         from botocore.exceptions import ClientError

@@ -36,7 +36,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from transforms import commit
+from transforms import commit, ledger
 from transforms.routes import Route
 from transforms.secrets import SecretField, redact
 from transforms.sinks.files import FileOutputConfig
@@ -64,6 +64,9 @@ class SFTPConfig(FileOutputConfig):
     partition: Literal["date", "hour", "half_hour", "quarter_hour"] = "hour"
     max_attempts: int = Field(5, ge=1, le=20)
     timeout_seconds: float = Field(30, gt=0, le=600)
+
+    def destination(self) -> str:
+        return f"sftp:{self.host}:{self.port}/{self.path.strip('/')}/{self.export_name}_"
 
     @model_validator(mode="before")
     @classmethod
@@ -118,8 +121,12 @@ def flat_name(export: str, relative: str) -> str:
     'myExport_2021-04-08_10_data_ab12_1.csv.gz'
     >>> flat_name("myExport", "_reports/0123_delivery.report")
     'myExport_0123_delivery.report'
+    >>> flat_name("myExport", "_ledger/4f2a/ab12.ids")  # bookkeeping: hidden, as the temporary uploads are
+    '.myExport_ledger_4f2a_ab12.ids'
     """
     parts = relative.split("/")
+    if len(parts) == 3 and parts[0] == ledger.LEDGER_DIR and all(parts) and "." not in parts[1]:
+        return f".{export}_ledger_{parts[1]}_{parts[2]}"
     if len(parts) != 2 or not all(parts) or any(p in (".", "..") for p in parts):
         raise ValueError(f"unexpected relative path {relative!r}")
     if parts[0] == commit.REPORT_DIR:
@@ -285,6 +292,27 @@ class SFTPStorage:
 
     def lookup(self, relative: str) -> dict | None:
         raise commit.LookupDenied(relative)  # never needed: sFTP names always carry the batch id
+
+    def public_name(self, relative: str) -> str:
+        """The file's name in the folder, which is what reports list (a consumer finds it there)."""
+        return flat_name(self._c.export_name, relative)
+
+    def list_names(self, folder: str) -> list[str]:
+        """Relative names (as the writer gives them) of the files ``folder`` maps to in the one flat folder:
+        ``_reports`` (the delivery reports), ``_ledger/<token>`` (a partition's ledger)."""
+        prefix = self.public_name(f"{folder}/x")[:-1]
+        with self._lock:
+            entries = self._session().listdir(self._c.path if self._c.path not in ("", ".") else ".")
+        names = [f"{folder}/{e[len(prefix):]}" for e in entries if e.startswith(prefix) and ".tmp-" not in e]
+        if folder == commit.REPORT_DIR:
+            names = [n for n in names if n.endswith("_delivery.report")]
+        return sorted(names)
+
+    def read(self, relative: str) -> bytes:
+        buffer = io.BytesIO()
+        with self._lock:
+            self._session().getfo(self._remote(self.public_name(relative)), buffer)
+        return buffer.getvalue()
 
 
 def _load_private_key(text: str, passphrase: str | None):

@@ -84,6 +84,9 @@ class SnowflakeConfig(BaseDestinationConfig):
     stage_service_account_json: SecretField | None = None
     max_attempts: int = Field(5, ge=1, le=20)
 
+    def destination(self) -> str:
+        return f"snowflake:{self.account}/{self.database}.{self.schema_name}.{self.table}".lower()
+
     @model_validator(mode="after")
     def _consistent(self):
         if self.stage_url is not None and self.stage_url.startswith("s3://") and self.stage_region is None:

@@ -1,0 +1,110 @@
+"""The delivery ledger: which event ids each partition of a file destination already holds, so a re-run
+over grown input (the daily glob with late files) delivers only what is new.
+
+Why names alone are not enough: a file's name is derived from its batch's event ids, so a re-run of the
+same input finds the same names, but when the input grew the partition is cut into other batches and every
+touched partition was delivered again under new names.
+
+Layout, beside the data under the destination root (readers skip ``_`` paths)::
+
+    _ledger/<partition token>/<batch id>.ids       the file's report entry and its event ids (gzip JSON)
+    _ledger/<partition token>/<batch id>.reported  empty: a delivery report lists that file
+
+Protocol (each write create-if-absent, like the data):
+
+1. a batch's file is published, then its ledger entry is written;
+2. the delivery report is written (the commit point), then a ``.reported`` marker for each of its files;
+3. a later run, before cutting a partition into files, reads the partition's entries and drops the events
+   they hold (counted as delivered: they are in the destination). An entry without its marker belongs to a
+   run stopped between 1 and 2: if no report lists the file the run *adopts* it (lists it in its own
+   report, so a consumer that reads reports sees it exactly once); if one does, the marker is written.
+
+What a store needs for this beyond publishing: listing and reading under ``_ledger/`` (S3:
+``s3:ListBucket`` and ``s3:GetObject`` on the prefix; GCS: ``storage.objects.list`` and ``get``) and, only
+after a stopped run, reading ``_reports/``. The ledger grows by one small object per data file; retention
+may delete a partition's data and keep its ledger (its events are then not delivered again).
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+
+import orjson
+
+LEDGER_DIR = "_ledger"
+_ENTRY, _MARK = ".ids", ".reported"
+
+
+def partition_token(partition: str) -> str:
+    """Partition paths can be long and hold any character: ledger folders and markers use a digest."""
+    return hashlib.sha256(partition.encode()).hexdigest()[:32]
+
+
+def folder(partition: str) -> str:
+    return f"{LEDGER_DIR}/{partition_token(partition)}"
+
+
+def entry_name(partition: str, batch: str) -> str:
+    return f"{folder(partition)}/{batch}{_ENTRY}"
+
+
+def marker_name(partition: str, batch: str) -> str:
+    return f"{folder(partition)}/{batch}{_MARK}"
+
+
+def encode_entry(record: dict, event_ids: list) -> bytes:
+    """A ledger entry: the file's report entry and its event ids."""
+    return gzip.compress(orjson.dumps({"file": record, "ids": event_ids}), compresslevel=1, mtime=0)
+
+
+def decode_entry(data: bytes) -> tuple[dict, list]:
+    body = orjson.loads(gzip.decompress(data))
+    return body["file"], body["ids"]
+
+
+class Ledger:
+    """One destination root's ledger, read lazily per partition and kept for the worker's life (a
+    streaming worker meets the same partitions again). ``storage``: the destination's storage (``list_names``,
+    ``read``, ``put_if_absent``)."""
+
+    def __init__(self, storage):
+        self._storage = storage
+        self._ids: dict[str, set] = {}
+        self._reported_paths: set | None = None  # every path the root's reports list, read only if needed
+
+    def delivered(self, partition: str) -> tuple[set, list[dict]]:
+        """``(event ids the partition holds, files to adopt)``: the files whose run stopped before a report
+        listed them (their entries' records, to list in this run's report)."""
+        if partition in self._ids:
+            return self._ids[partition], []
+        names = set(self._storage.list_names(folder(partition)))  # relative names: "<folder>/<name>"
+        ids: set = set()
+        adopt = []
+        for name in sorted(n for n in names if n.endswith(_ENTRY)):
+            record, event_ids = decode_entry(self._storage.read(name))
+            ids.update(event_ids)
+            if name[:-len(_ENTRY)] + _MARK not in names:
+                if self._storage.public_name(record["path"]) in self._reported():
+                    self._storage.put_if_absent(name[:-len(_ENTRY)] + _MARK, b"", {})
+                else:
+                    adopt.append(record)
+        self._ids[partition] = ids
+        return ids, adopt
+
+    def record(self, partition: str, batch: str, record: dict, event_ids: list) -> None:
+        """After a file is published: its entry (create-if-absent: a retry finds it written)."""
+        self._storage.put_if_absent(entry_name(partition, batch), encode_entry(record, event_ids), {})
+        self._ids.setdefault(partition, set()).update(event_ids)
+
+    def mark_reported(self, partition: str, batch: str) -> None:
+        self._storage.put_if_absent(marker_name(partition, batch), b"", {})
+
+    def _reported(self) -> set:
+        if self._reported_paths is None:
+            from transforms.commit import REPORT_DIR
+
+            paths = set()
+            for name in self._storage.list_names(REPORT_DIR):
+                paths.update(f["path"] for f in orjson.loads(self._storage.read(name)).get("files", []))
+            self._reported_paths = paths
+        return self._reported_paths
