@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import time
 import uuid
 from typing import Callable
 
@@ -34,6 +36,9 @@ from transforms import partitioning
 from transforms.secrets import redact
 
 TMP_DIR = "_beamhouse_tmp"
+# A temporary file this old was left by a killed run: writing and linking one batch takes seconds.
+STALE_TMP_SECONDS = 3600
+_TMP_NAME = re.compile(r".+\.tmp-[0-9a-f]{32}$")
 REPORT_DIR = "_reports"
 MAX_NAME_COLLISIONS = 1000
 META_SHA256 = "beamhouse-sha256"
@@ -86,6 +91,8 @@ class LocalStorage:
     def put_if_absent(self, relative: str, data: bytes, metadata: dict) -> bool:
         """Write through a temp file and link it; False when a file of that name already exists."""
         tmp_dir = os.path.join(self.root, TMP_DIR)
+        if tmp_dir not in self._dirs:
+            sweep_stale_temp_files(tmp_dir)
         tmp = os.path.join(tmp_dir, f"{relative.rsplit('/', 1)[-1]}.tmp-{uuid.uuid4().hex}")
         final = self.path(relative)
         try:
@@ -137,6 +144,25 @@ class LocalStorage:
             os.unlink(self.path(relative))
         except FileNotFoundError:
             pass
+
+
+def sweep_stale_temp_files(tmp_dir: str, older_than: float = STALE_TMP_SECONDS) -> int:
+    """Remove the temporary files killed runs left in ``tmp_dir``: only names of this module's form
+    (``<name>.tmp-<32 hex>``) last written more than ``older_than`` seconds ago. Returns how many."""
+    removed = 0
+    cutoff = time.time() - older_than
+    try:
+        entries = list(os.scandir(tmp_dir))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        try:
+            if _TMP_NAME.match(entry.name) and entry.is_file() and entry.stat().st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed += 1
+        except FileNotFoundError:  # another run swept it
+            pass
+    return removed
 
 
 class BeamStorage:

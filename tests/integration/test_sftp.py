@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
 import logging
 import os
@@ -15,7 +16,7 @@ import orjson
 import pytest
 
 from pipelines import deliver
-from tests.eventgen import consented_ids, prepare_run
+from tests.eventgen import consented_ids, generate, prepare_run
 from tests.servers.sftp_server import SFTPTestServer
 from transforms.sinks.sftp import flat_name
 
@@ -74,22 +75,36 @@ def test_scheduled_export_names_reports_and_exactly_once(server, tmp_path, caplo
     assert deliver.run(argv) == 0
     names = folder(server)
     data_files = [n for n in names if NAME.match(n)]
-    assert data_files and not [n for n in names if n.startswith(".")]  # no temporary file left
-    assert set(names) == set(data_files) | {n for n in names if re.match(r"^myExport_[0-9a-f]+_delivery\.report$", n)}
+    assert data_files and not [n for n in names if ".tmp-" in n]  # no temporary file left
+    visible = [n for n in names if not n.startswith(".")]  # the delivery ledger's entries are hidden files
+    assert all(n.startswith(".myExport_ledger_") for n in names if n.startswith("."))
+    assert set(visible) == set(data_files) | {n for n in names if re.match(r"^myExport_[0-9a-f]+_delivery\.report$", n)}
     rows = delivered_rows(server)
     want = consented_ids(truth)
     assert sorted(r["event_id"] for r in rows) == sorted(want)
     for r in rows:  # the partition in the name is the event's UTC hour
         date, hour = NAME.match(r["_file"]).groups()[:2]
         assert r["timestamp"].startswith(f"{date}T{hour}:")
-    listed = [f["path"] for rep in reports(server) for f in rep["files"]]
-    assert sorted(flat_name("myExport", p) for p in listed) == sorted(data_files)
+    # The reports name the files as the server holds them, with their sizes and digests (read back there).
+    listed = [f for rep in reports(server) for f in rep["files"]]
+    assert sorted(f["path"] for f in listed) == sorted(data_files)
+    for f in listed:
+        data = open(os.path.join(server.root, "myFolder", f["path"]), "rb").read()
+        assert len(data) == f["bytes"] and hashlib.sha256(data).hexdigest() == f["sha256"]
     # The password never reaches logs or the summary.
     assert PASSWORD not in caplog.text + (tmp_path / "run" / "summary.json").read_text()
     # A re-run publishes nothing new: every name exists and holds the same batch.
     assert deliver.run(argv) == 0
     assert [n for n in folder(server) if NAME.match(n)] == data_files
     assert sorted(r["event_id"] for r in delivered_rows(server)) == sorted(want)
+    # A grown input: only the new events are delivered, in new files a new report lists.
+    late, late_truth = generate(n=60, seed=58, tenants=2, source_id="src_abc123", bad=False)
+    (tmp_path / "run" / "late.ndjson").write_bytes(b"\n".join(late) + b"\n")
+    assert deliver.run(argv + [f"--input={tmp_path / 'run' / 'late.ndjson'}"]) == 0
+    rows = delivered_rows(server)
+    assert sorted(r["event_id"] for r in rows) == sorted(want | consented_ids(late_truth))
+    listed = [f["path"] for rep in reports(server) for f in rep["files"]]
+    assert sorted(listed) == sorted(n for n in folder(server) if NAME.match(n))
 
 
 def test_quarter_hour_partitions_and_json(server, tmp_path):
@@ -133,7 +148,7 @@ def test_dropped_connection_mid_upload_is_retried_without_partial_or_duplicate(s
     assert deliver.run(argv) == 0
     assert server.drops == 1
     names = folder(server)
-    assert not [n for n in names if n.startswith(".")]  # the interrupted temporary upload was removed
+    assert not [n for n in names if ".tmp-" in n]  # the interrupted temporary upload was removed
     rows = delivered_rows(server)
     assert sorted(r["event_id"] for r in rows) == sorted(consented_ids(truth))
 
