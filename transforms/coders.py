@@ -192,7 +192,7 @@ def spill_locally(pipeline: beam.Pipeline):
     sweep_stale_spills(spill.shuffle_spill_dir or tempfile.gettempdir())
     directory = tempfile.mkdtemp(prefix=SPILL_PREFIX, dir=spill.shuffle_spill_dir)
     with open(os.path.join(directory, SPILL_OWNER), "w") as fh:
-        fh.write(_process_identity(os.getpid()) or "")
+        fh.write(process_identity(os.getpid()) or "")
     try:
         spill_shuffles(pipeline, directory)
         yield directory
@@ -205,7 +205,7 @@ SPILL_OWNER = "_owner"  # the process that made the folder: its pid and start ti
 STALE_SPILL_SECONDS = 86_400  # a folder without an owner file (from an older version) this old is stale
 
 
-def _process_identity(pid: int) -> str | None:
+def process_identity(pid: int) -> str | None:
     """``"<pid> <start time in clock ticks>"`` of a running process, or None (no such process, or no /proc)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
@@ -228,7 +228,7 @@ def sweep_stale_spills(parent: str) -> int:
         try:
             with open(os.path.join(entry.path, SPILL_OWNER)) as fh:
                 owner = fh.read().strip()
-            stale = bool(owner) and _process_identity(int(owner.split()[0])) != owner
+            stale = bool(owner) and process_identity(int(owner.split()[0])) != owner
         except FileNotFoundError:
             stale = time.time() - entry.stat().st_mtime > STALE_SPILL_SECONDS
         except (OSError, ValueError):

@@ -15,9 +15,11 @@ Protocol (each write create-if-absent, like the data):
 1. a batch's file is published, then its ledger entry is written;
 2. the delivery report is written (the commit point), then a ``.reported`` marker for each of its files;
 3. a later run, before cutting a partition into files, reads the partition's entries and drops the events
-   they hold (counted as delivered: they are in the destination). An entry without its marker belongs to a
-   run stopped between 1 and 2: if no report lists the file the run *adopts* it (lists it in its own
-   report, so a consumer that reads reports sees it exactly once); if one does, the marker is written.
+   they hold (counted as delivered: they are in the destination). An entry without its marker is either a
+   run's that is still going (this run's other workers, or a concurrent run's) or one stopped between 1 and
+   2. If a report lists its file, the marker is written now. If not, and its run is known to be over - on
+   this machine, its writing process no longer runs; elsewhere, a day has passed - this run *adopts* the
+   file (lists it in its own report, so a consumer that reads reports sees it exactly once).
 
 What a store needs for this beyond publishing: listing and reading under ``_ledger/`` (S3:
 ``s3:ListBucket`` and ``s3:GetObject`` on the prefix; GCS: ``storage.objects.list`` and ``get``) and, only
@@ -28,11 +30,17 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
+import socket
+import time
 
 import orjson
 
+from transforms.commit import LookupDenied
+
 LEDGER_DIR = "_ledger"
 _ENTRY, _MARK = ".ids", ".reported"
+ADOPT_AFTER_SECONDS = 86_400  # an unreported file from another machine's run is taken as abandoned after this
 
 
 def partition_token(partition: str) -> str:
@@ -67,16 +75,28 @@ class Ledger:
     streaming worker meets the same partitions again). ``storage``: the destination's storage (``list_names``,
     ``read``, ``put_if_absent``)."""
 
-    def __init__(self, storage):
+    def __init__(self, storage, run_id: str = ""):
         self._storage = storage
+        self._run_id = run_id  # this run's: its own unreported files are never adopted
         self._ids: dict[str, set] = {}
         self._reported_paths: set | None = None  # every path the root's reports list, read only if needed
+        self.unavailable = False  # the store refused listing or reading the ledger
 
     def delivered(self, partition: str) -> tuple[set, list[dict]]:
         """``(event ids the partition holds, files to adopt)``: the files whose run stopped before a report
         listed them (their entries' records, to list in this run's report)."""
         if partition in self._ids:
             return self._ids[partition], []
+        try:
+            return self._read(partition)
+        except (LookupDenied, PermissionError):
+            # Publishing needs no read access (least privilege); without it this run cannot see what the
+            # partition holds and delivers by names alone: the caller says so in the run's summary.
+            self.unavailable = True
+            self._ids[partition] = set()
+            return self._ids[partition], []
+
+    def _read(self, partition: str) -> tuple[set, list[dict]]:
         names = set(self._storage.list_names(folder(partition)))  # relative names: "<folder>/<name>"
         ids: set = set()
         adopt = []
@@ -86,15 +106,31 @@ class Ledger:
             if name[:-len(_ENTRY)] + _MARK not in names:
                 if self._storage.public_name(record["path"]) in self._reported():
                     self._storage.put_if_absent(name[:-len(_ENTRY)] + _MARK, b"", {})
-                else:
+                elif self._abandoned(record.pop("writer", {})):
                     adopt.append(record)
         self._ids[partition] = ids
         return ids, adopt
 
     def record(self, partition: str, batch: str, record: dict, event_ids: list) -> None:
         """After a file is published: its entry (create-if-absent: a retry finds it written)."""
-        self._storage.put_if_absent(entry_name(partition, batch), encode_entry(record, event_ids), {})
+        from transforms.coders import process_identity
+
+        writer = {"run": self._run_id, "host": socket.gethostname(), "process": process_identity(os.getpid()),
+                  "at": time.time()}
+        self._storage.put_if_absent(entry_name(partition, batch), encode_entry({**record, "writer": writer},
+                                                                                event_ids), {})
         self._ids.setdefault(partition, set()).update(event_ids)
+
+    def _abandoned(self, writer: dict) -> bool:
+        """Whether the run that wrote an unreported entry is over (see the module docstring)."""
+        from transforms.coders import process_identity
+
+        if writer.get("run") == self._run_id:
+            return False
+        if writer.get("host") == socket.gethostname() and writer.get("process"):
+            pid = int(str(writer["process"]).split()[0])
+            return process_identity(pid) != writer["process"]
+        return time.time() - float(writer.get("at", 0)) > ADOPT_AFTER_SECONDS
 
     def mark_reported(self, partition: str, batch: str) -> None:
         self._storage.put_if_absent(marker_name(partition, batch), b"", {})

@@ -44,7 +44,7 @@ def test_a_killed_runs_spill_folder_is_swept_by_the_next_run(tmp_path):
     # Another folder of ours whose run still lives, and someone else's folder: both kept.
     alive = spill / f"{coders.SPILL_PREFIX}alive"
     alive.mkdir()
-    (alive / coders.SPILL_OWNER).write_text(coders._process_identity(os.getpid()))
+    (alive / coders.SPILL_OWNER).write_text(coders.process_identity(os.getpid()))
     (spill / "not-ours").mkdir()
     done = deliver(*argv)
     assert done.returncode == 0, done.stderr

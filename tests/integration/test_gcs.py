@@ -72,6 +72,9 @@ def test_layout_keys_and_contents(gcs_lake):
         for name, blob in blobs(client, bucket).items():
             if "/_reports/" in f"/{name}":
                 continue
+            if "/_ledger/" in f"/{name}":  # the delivery ledger (event ids): under the route's key too
+                assert blob.kms_key_name == key, (name, blob.kms_key_name)
+                continue
             assert pattern.match(name), name
             assert blob.kms_key_name == key, (name, blob.kms_key_name)
             path = mirror / bucket / name
@@ -101,10 +104,10 @@ def test_unusable_key_fails_closed(gcs_lake):
 
 def test_retries_and_rerun_never_overwrite(gcs_lake):
     statuses = Counter(s for _, _, s in gcs_lake["proxy"].seen)
-    assert statuses[503] == 4 and statuses[412] >= 2  # lost responses were answered 412 on retry
+    assert statuses[503] == 4 and statuses[412] >= 1  # a lost response was answered 412 on retry
     assert gcs_lake["after"] == gcs_lake["before"]  # same objects, same generations: nothing rewritten
     e = gcs_lake["summary2"]["integrations"]["gcs_lake"]
-    assert e["files"] == e["files_already_present"]
+    assert "files" not in e and e["already_delivered"] == e["delivered"] > 0  # the ledger: nothing cut again
 
 
 def test_reports_match_objects(gcs_lake):
@@ -117,7 +120,7 @@ def test_reports_match_objects(gcs_lake):
                 assert blob.kms_key_name == (DEFAULT_KEY if bucket == "gcs-lake" else T2_KEY)
                 for f in orjson.loads(client.bucket(bucket).blob(name).download_as_bytes())["files"]:
                     listed[f["path"]] = f
-        data = {n[len(prefix):] for n in objects if not n.startswith(prefix + "_reports/")}
+        data = {n[len(prefix):] for n in objects if not n.startswith((prefix + "_reports/", prefix + "_ledger/"))}
         assert set(listed) == data
         for rel, f in listed.items():
             body = client.bucket(bucket).blob(prefix + rel).download_as_bytes()

@@ -8,6 +8,7 @@ import gzip
 import io
 import os
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import orjson
 from pipelines import deliver, regenerate
 from tests.eventgen import generate
 from tests.servers.sftp_server import SFTPTestServer
+from transforms import ledger
 
 RUNNER = "--runner=FnApiRunner"
 DAY = "2026-01-29"
@@ -34,8 +36,9 @@ def files_export(root: Path) -> dict:
 
 
 def deliver_twice(root: Path, integ: list[dict]):
-    """Run 1 delivers input A; run 2 delivers A plus more events: the archive then holds A's events twice
-    (in differently composed files), as an append-only archive does after a re-run with more input."""
+    """Run 1 delivers input A; run 2 delivers A plus more events. The delivery ledger is removed between
+    them, as for destinations written before it existed: the archive then holds A's events twice (in
+    differently composed files), which regeneration must read back once each."""
     a, _ = generate(n=200, seed=61, tenants=2, source_id="src_abc123")
     b, _ = generate(n=150, seed=62, tenants=2, source_id="src_abc123")
     (root / "i.json").write_bytes(orjson.dumps(integ))
@@ -43,6 +46,10 @@ def deliver_twice(root: Path, integ: list[dict]):
         (root / name).write_bytes(b"\n".join(lines) + b"\n")
         assert deliver.run([f"--integrations={root / 'i.json'}", f"--input={root / name}",
                             f"--dead_letter={root / 'dead'}", RUNNER]) == 0
+        for folder in [p for p in root.rglob(ledger.LEDGER_DIR) if p.is_dir()]:
+            shutil.rmtree(folder)
+        for entry in root.rglob(".*_ledger_*"):  # an sFTP folder's ledger entries
+            entry.unlink()
 
 
 def csv_events(folder: Path) -> list[dict]:

@@ -234,8 +234,9 @@ def test_scheduled_sftp_export_sends_what_arrived_per_period_late_events_in_thei
         assert len(reports) == 2  # one generation per scheduled export
         hours = sorted(re.match(r"myExport_2026-03-02_(\d\d)_data_", n).group(1) for n in data)
         assert hours == ["09", "10", "10"]  # the late event: a new file in its old hour
-        per_report = sorted(sorted(re.match(r"^(\d{4}-\d\d-\d\d_\d\d)/", f["path"]).group(1) for f in r["files"])
-                            for r in reports)
+        assert {f["path"] for r in reports for f in r["files"]} == set(data)  # as the server holds them
+        per_report = sorted(sorted(re.match(r"^myExport_(\d{4}-\d\d-\d\d_\d\d)_data_", f["path"]).group(1)
+                                   for f in r["files"]) for r in reports)
         assert per_report == [["2026-03-02_09", "2026-03-02_10"], ["2026-03-02_10"]]
     finally:
         server.stop()

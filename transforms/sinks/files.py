@@ -19,6 +19,7 @@ protocol in ``transforms.commit``; then one delivery report per route under ``_r
 from __future__ import annotations
 
 import typing
+import uuid
 import zlib
 from typing import Literal
 
@@ -460,9 +461,10 @@ class _WritePartitionFn(beam.DoFn):
     """All events of one (route, write group) -> per partition and file tenant (None: mixed), files of at
     most ``batch_size`` events."""
 
-    def __init__(self, integration_id: str, config: FileOutputConfig):
+    def __init__(self, integration_id: str, config: FileOutputConfig, run_id: str):
         self._iid = integration_id
         self._config = config
+        self._run_id = run_id  # the same in every worker: pickled with the DoFn
 
     def setup(self):
         c = self._config
@@ -476,6 +478,7 @@ class _WritePartitionFn(beam.DoFn):
         self._present = Metrics.counter(deadletter.NAMESPACE, f"{self._iid}.files_already_present")
         self._already = Metrics.counter(deadletter.NAMESPACE, f"{self._iid}.already_delivered")
         self._adopted = Metrics.counter(deadletter.NAMESPACE, f"{self._iid}.files_adopted")
+        self._ledger_unavailable = Metrics.counter(deadletter.NAMESPACE, f"{self._iid}.ledger_unavailable")
         self._ledgers: dict[str, ledger.Ledger] = {}
         self._template = partitioning.parse_template(c.partition_by)
         self._pending_known: set[tuple[int, str]] = set()  # (storage, partition) with a pending marker
@@ -522,8 +525,11 @@ class _WritePartitionFn(beam.DoFn):
         counted as delivered; yields the files of a stopped run that no report lists, for this run's report.
         Returns the rows still to write."""
         if route_key not in self._ledgers:
-            self._ledgers[route_key] = ledger.Ledger(storage)
-        held, adopt = self._ledgers[route_key].delivered(partition)
+            self._ledgers[route_key] = ledger.Ledger(storage, self._run_id)
+        book = self._ledgers[route_key]
+        held, adopt = book.delivered(partition)
+        if book.unavailable:
+            self._ledger_unavailable.inc()
         for record in adopt:
             self._adopted.inc()
             yield {**record, "status": "adopted", "route": route_key}
@@ -780,7 +786,8 @@ class WriteEventsToFiles(beam.PTransform):
         written = (keyed.rows
                    | "GroupByPartition" >> coders.GroupTablesByKey()
                    | "WritePartitionFiles" >> beam.ParDo(
-                       _WritePartitionFn(integ.integration_id, integ.config)).with_outputs(DEAD_LETTERS, main="files"))
+                       _WritePartitionFn(integ.integration_id, integ.config, uuid.uuid4().hex)).with_outputs(
+                       DEAD_LETTERS, main="files"))
         reports = (written.files
                    | "KeyByRoute" >> beam.Map(lambda f: (f["route"], f))
                    | "CollectFiles" >> beam.GroupByKey()

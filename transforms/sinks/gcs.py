@@ -142,13 +142,25 @@ class GCSStorage:
         return True
 
     def list_names(self, folder: str) -> list[str]:
-        """Relative names of the objects directly under ``folder`` (needs storage.objects.list)."""
+        """Relative names of the objects directly under ``folder`` (needs storage.objects.list; raises
+        ``LookupDenied`` without it)."""
+        from google.api_core import exceptions as gexc
+
         base = self.prefix + folder + "/"
-        blobs = client(**self._conn).list_blobs(self.bucket, prefix=base, delimiter="/", timeout=60)
-        return sorted(folder + "/" + b.name[len(base):] for b in blobs)
+        try:
+            blobs = client(**self._conn).list_blobs(self.bucket, prefix=base, delimiter="/", timeout=60)
+            return sorted(folder + "/" + b.name[len(base):] for b in blobs)
+        except gexc.Forbidden:
+            raise commit.LookupDenied(f"{folder}: no list access") from None
 
     def read(self, relative: str) -> bytes:
-        return self._bucket().blob(self.prefix + relative).download_as_bytes(timeout=120, retry=self._retry())
+        """An object's bytes (needs storage.objects.get; raises ``LookupDenied`` without it)."""
+        from google.api_core import exceptions as gexc
+
+        try:
+            return self._bucket().blob(self.prefix + relative).download_as_bytes(timeout=120, retry=self._retry())
+        except gexc.Forbidden:
+            raise commit.LookupDenied(f"{relative}: no read access") from None
 
     def public_name(self, relative: str) -> str:
         return relative

@@ -16,6 +16,7 @@ lets the writer refuse a disabled key before trying it.
 """
 from __future__ import annotations
 
+import contextlib
 import typing
 
 import base64
@@ -115,6 +116,18 @@ def client(service: str, region: str | None, endpoint_url: str | None, access_ke
         return _clients[key]
 
 
+@contextlib.contextmanager
+def _denied_as_lookup_denied(what: str):
+    from botocore.exceptions import ClientError
+
+    try:
+        yield
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("AccessDenied", "403", "Forbidden"):
+            raise commit.LookupDenied(f"{what}: no list or read access") from None
+        raise
+
+
 class S3Storage:
     """Objects under ``s3://<bucket>/<prefix>``, published with conditional PutObject."""
 
@@ -180,17 +193,20 @@ class S3Storage:
         self.delete([relative])
 
     def list_names(self, folder: str) -> list[str]:
-        """Relative names of the objects directly under ``folder`` (needs s3:ListBucket)."""
+        """Relative names of the objects directly under ``folder`` (needs s3:ListBucket; raises
+        ``LookupDenied`` without it)."""
         base = self.key(folder) + "/"
         names = []
-        for page in self._client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base,
-                                                                            Delimiter="/"):
-            names += [folder + "/" + o["Key"][len(base):] for o in page.get("Contents", [])]
+        with _denied_as_lookup_denied(folder):
+            for page in self._client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base,
+                                                                                Delimiter="/"):
+                names += [folder + "/" + o["Key"][len(base):] for o in page.get("Contents", [])]
         return sorted(names)
 
     def read(self, relative: str) -> bytes:
-        """An object's bytes (needs s3:GetObject)."""
-        return self._client().get_object(Bucket=self.bucket, Key=self.key(relative))["Body"].read()
+        """An object's bytes (needs s3:GetObject; raises ``LookupDenied`` without it)."""
+        with _denied_as_lookup_denied(relative):
+            return self._client().get_object(Bucket=self.bucket, Key=self.key(relative))["Body"].read()
 
     def public_name(self, relative: str) -> str:
         return relative
