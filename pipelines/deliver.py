@@ -30,6 +30,7 @@ import re
 
 import apache_beam as beam
 import orjson
+import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
@@ -93,7 +94,14 @@ def build_pipeline(p, inputs, integrations, settings: ParseSettings, dead_letter
         lines = lines | "OneElementPerLine" >> beam.FlatMap(timed_lines)
     parsed = lines | "ParseEvents" >> ParseEvents(settings, blocks=not per_line)
     unique = parsed.events | "DeduplicateEvents" >> DeduplicateEvents()
-    dead_letters = [read.dead_letters, parsed.dead_letters]
+    # The input's dead letters are durable before any destination publishes or loads anything: a run that
+    # cannot write them fails before a report or a load says its delivery is complete.
+    input_dead = (read.dead_letters, parsed.dead_letters) | "FlattenInputDeadLetters" >> beam.Flatten()
+    input_dead_files = input_dead | "WriteInputDeadLetters" >> WriteDeadLetters(dead_letter_path)
+    unique = unique | "AfterDeadLettersAreDurable" >> beam.Map(
+        lambda table, _written: table, beam.pvalue.AsList(input_dead_files)).with_output_types(pa.Table)
+    dead_letters = [input_dead]
+    sink_dead = []
     outputs = {"unique": unique, "integrations": {}}
     for integ in integrations:
         if not integ.enabled:
@@ -101,11 +109,13 @@ def build_pipeline(p, inputs, integrations, settings: ParseSettings, dead_letter
         iid = integ.integration_id
         prepared = unique | f"Prepare[{iid}]" >> PrepareForIntegration(integ)
         written = prepared | f"Write[{iid}]" >> REGISTRY[integ.vendor].write(integ)
-        dead_letters.append(written["dead_letters"])
+        sink_dead.append(written["dead_letters"])
         outputs["integrations"][iid] = written
-    all_dead = dead_letters | "FlattenDeadLetters" >> beam.Flatten()
-    outputs["dead_letters"] = all_dead
-    outputs["dead_letter_files"] = all_dead | "WriteDeadLetters" >> WriteDeadLetters(dead_letter_path)
+    # The destinations' own dead letters (events a destination refused, which no report or load claims).
+    sink_dead_files = (sink_dead | "FlattenSinkDeadLetters" >> beam.Flatten()
+                       | "WriteSinkDeadLetters" >> WriteDeadLetters(dead_letter_path))
+    outputs["dead_letters"] = (dead_letters + sink_dead) | "FlattenDeadLetters" >> beam.Flatten()
+    outputs["dead_letter_files"] = (input_dead_files, sink_dead_files) | "FlattenDeadLetterFiles" >> beam.Flatten()
     return outputs
 
 

@@ -56,3 +56,25 @@ def test_dead_letter_files_are_the_same_on_a_rerun(tmp_path):
     assert {r["reason"] for r in records} == {"parse_error"}
     assert len({r["payload"] for r in records}) == 25_000
     check_conservation(orjson.loads((tmp_path / "run" / "summary.json").read_bytes()), input_events=25_000)
+
+
+def test_a_run_that_cannot_write_its_dead_letters_fails_before_any_report_or_load(tmp_path):
+    from tests.eventgen import generate
+
+    lines, _ = generate(300, seed=71)  # bad lines included
+    (tmp_path / "in.ndjson").write_bytes(b"\n".join(lines) + b"\n")
+    (tmp_path / "blocker").write_bytes(b"a file where the dead-letter folder would be")
+    (tmp_path / "i.json").write_bytes(orjson.dumps([
+        {"source_id": "s", "vendor": "files", "name": "Lake", "config": {"path": str(tmp_path / "lake")}},
+        {"source_id": "s", "vendor": "duckdb", "name": "Warehouse", "config": {"path": str(tmp_path / "wh.duckdb")}}]))
+    done = deliver(f"--integrations={tmp_path / 'i.json'}", f"--input={tmp_path / 'in.ndjson'}",
+                   f"--dead_letter={tmp_path / 'blocker' / 'dead'}")
+    assert done.returncode == 1 and "run failed" in done.stderr
+    assert not list((tmp_path / "lake").rglob("*.report"))  # nothing says the delivery is complete
+    assert not list((tmp_path / "lake").rglob("*.parquet"))
+    if (tmp_path / "wh.duckdb").exists():
+        import duckdb
+
+        con = duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True)
+        tables = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()]
+        assert "events" not in tables or con.execute("SELECT count(*) FROM events").fetchone()[0] == 0
