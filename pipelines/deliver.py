@@ -34,7 +34,7 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines import local_runner
+from pipelines import cli, local_runner
 from pipelines.options import DeliveryOptions
 from transforms import accounting, coders, secrets
 from transforms.dedup import DeduplicateEvents
@@ -194,6 +194,11 @@ def inline_secret_errors(integrations) -> list[str]:
 def run(argv=None) -> int:
     """Run the delivery job; returns the exit status."""
     secrets.install_log_redaction()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    status = cli.check_argv(argv, [DeliveryOptions, coders.ShuffleOptions], prog="python -m pipelines.deliver",
+                            description=__doc__)
+    if status is not None:
+        return status
     options = PipelineOptions(argv)
     opts = options.view_as(DeliveryOptions)
     source = streaming_source(opts)
@@ -227,6 +232,8 @@ def run(argv=None) -> int:
     spill_error = coders.spill_options_error(options)
     if spill_error:
         errors.append(spill_error)
+    if not 0 <= opts.max_dead_letter_fraction <= 1:
+        errors.append("--max_dead_letter_fraction: a fraction from 0 to 1")
     for name in ("max_event_bytes", "max_nesting_depth", "shards"):
         if getattr(opts, name) < 1:
             errors.append(f"--{name}: must be at least 1")
@@ -274,6 +281,10 @@ def run(argv=None) -> int:
     if not summary["balanced"]:
         print("run failed: accounting does not balance (see summary)", file=sys.stderr)
         return 1
+    failed = dead_letter_failure(summary, opts.max_dead_letter_fraction)
+    if failed:
+        print(f"run failed: {failed}", file=sys.stderr)
+        return 1
     damaged = summary["dead_letters"]["by_reason"].get("corrupt_input", 0)
     if damaged:
         print(f"run failed: {damaged} compressed input file(s) are damaged or cut short; the lines before the "
@@ -288,6 +299,20 @@ def run(argv=None) -> int:
         print("run failed: a tenant exceeded its daily byte quota (quota.action is fail)", file=sys.stderr)
         return 1
     return 0
+
+
+def dead_letter_failure(summary: dict, max_fraction: float) -> str | None:
+    """Why a run whose accounting balances still failed its input: no event at all from lines that were
+    there, or more dead letters than ``max_fraction`` of the events. None when neither."""
+    events, dead = summary["input"], summary["dead_letters"]["total"]
+    if events and dead == events:
+        top = max(summary["dead_letters"]["by_reason"].items(), key=lambda kv: kv[1])[0]
+        return (f"none of the input's {events} lines yielded an event (all dead letters, mostly {top}); "
+                "check --input_dialect and the input files")
+    if events and dead / events > max_fraction:
+        return (f"{dead} of {events} events ({dead / events:.0%}) are dead letters, over "
+                f"--max_dead_letter_fraction {max_fraction:g} (see the dead letters' reasons above)")
+    return None
 
 
 def main() -> None:

@@ -63,6 +63,10 @@ class DeliveryOptions(PipelineOptions):
         parser.add_argument("--allowed_lateness_seconds", type=float, default=7 * 86_400,
                             help="Streaming: events timed more than this before their arrival are dead letters "
                                  "too_late; later ones go to their old partition as new files.")
+        parser.add_argument("--max_dead_letter_fraction", type=float, default=0.5,
+                            help="Exit 1 (after writing everything) when more than this fraction of the input's "
+                                 "events are dead letters; a run with input lines of which none yielded an "
+                                 "event fails whatever this is. 1 turns the fraction check off.")
         parser.add_argument("--per_line_input", action="store_true", default=False,
                             help="Parse inputs one element per line instead of in blocks: how a "
                                  "streaming source delivers events; slower, kept for comparison.")

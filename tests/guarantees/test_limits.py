@@ -13,7 +13,8 @@ def _setup(tmp_path, lines):
     (tmp_path / "i.json").write_bytes(orjson.dumps([{"source_id": "s", "vendor": "files", "name": "Lake", "config": {
         "path": str(tmp_path / "lake"), "file_format": "json", "compression": "none", "partition_by": "{date}"}}]))
     return [f"--integrations={tmp_path / 'i.json'}", f"--input={tmp_path / 'in.ndjson'}",
-            f"--dead_letter={tmp_path / 'dead'}", f"--summary={tmp_path / 'summary.json'}"]
+            f"--dead_letter={tmp_path / 'dead'}", f"--summary={tmp_path / 'summary.json'}",
+            "--max_dead_letter_fraction=1"]  # most lines here are meant to be dead letters
 
 
 def _event(anon: str, **extra) -> bytes:

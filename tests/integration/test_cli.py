@@ -1,0 +1,76 @@
+"""The delivery command as a new user meets it: --help, misspelled options, runs that deliver nothing.
+Through python -m pipelines.deliver (FnApiRunner where a run happens)."""
+from __future__ import annotations
+
+import orjson
+
+from pipelines.options import DeliveryOptions
+from tests.guarantees.invariants import check_conservation, deliver
+from transforms.coders import ShuffleOptions
+
+SNOWPLOW_GET = (b"e=pv&url=https%%3A%%2F%%2Fshop.example%%2F&page=Home&aid=shop&p=web&tv=js-3.0.0&duid=d1"
+                b"&eid=00000000-0000-4000-8000-%012d&dtm=1769601600000")
+
+
+def _our_flags() -> set[str]:
+    from pipelines.cli import _parser
+
+    parser = _parser([DeliveryOptions, ShuffleOptions], add_help=False)
+    return {o for action in parser._actions for o in action.option_strings}
+
+
+def test_help_lists_every_option_with_its_default_and_mentions_beam_options():
+    done = deliver("--help")
+    assert done.returncode == 0
+    for flag in _our_flags():
+        assert flag in done.stdout, flag
+    assert "(default: 65536)" in done.stdout and "(default: dead_letters)" in done.stdout
+    assert "Beam options are accepted" in done.stdout and "--direct_num_workers" in done.stdout
+
+
+def test_a_misspelled_option_is_refused_naming_the_nearest_one(tmp_path):
+    done = deliver("--integrations=examples/integrations.json", "--input=examples/events/*.ndjson",
+                   f"--dead-letter={tmp_path / 'dl'}", "--summry", str(tmp_path / "s.json"))
+    assert done.returncode == 2
+    assert "--dead-letter: unknown option (did you mean --dead_letter?)" in done.stderr
+    assert "--summry: unknown option (did you mean --summary?)" in done.stderr
+    assert not (tmp_path / "dl").exists()
+
+
+def _files(tmp_path):
+    (tmp_path / "i.json").write_bytes(orjson.dumps([{"source_id": "s", "vendor": "files", "name": "Lake",
+                                                     "config": {"path": str(tmp_path / "lake")}}]))
+    return [f"--integrations={tmp_path / 'i.json'}", f"--dead_letter={tmp_path / 'dead'}",
+            f"--summary={tmp_path / 'summary.json'}"]
+
+
+def test_beam_options_pass(tmp_path):
+    lines = [b'{"type":"track","event":"e","anonymousId":"a","messageId":"m1"}']
+    (tmp_path / "in.ndjson").write_bytes(b"\n".join(lines) + b"\n")
+    done = deliver(*_files(tmp_path), f"--input={tmp_path / 'in.ndjson'}", "--runner=FnApiRunner",
+                   "--direct_running_mode=in_memory", "--direct_num_workers=1", "--no_pipeline_type_check")
+    assert done.returncode == 0, done.stderr
+
+
+def test_snowplow_lines_read_as_segment_fail_the_run_after_writing_the_dead_letters(tmp_path):
+    (tmp_path / "in.ndjson").write_bytes(b"\n".join(SNOWPLOW_GET % i for i in range(20)) + b"\n")
+    done = deliver(*_files(tmp_path), f"--input={tmp_path / 'in.ndjson'}", "--input_dialect=segment")
+    assert done.returncode == 1
+    assert "none of the input's 20 lines yielded an event" in done.stderr and "--input_dialect" in done.stderr
+    summary = orjson.loads((tmp_path / "summary.json").read_bytes())
+    check_conservation(summary, input_events=20)
+    assert summary["dead_letters"]["total"] == 20 and list((tmp_path / "dead").glob("*.ndjson"))
+    # the same lines as auto-detected Snowplow deliver
+    done = deliver(*_files(tmp_path), f"--input={tmp_path / 'in.ndjson'}")
+    assert done.returncode == 0, done.stderr
+
+
+def test_more_dead_letters_than_the_threshold_fail_the_run(tmp_path):
+    good = [b'{"type":"track","event":"e","anonymousId":"a","messageId":"m%d"}' % i for i in range(4)]
+    bad = [b"{not json %d" % i for i in range(6)]
+    (tmp_path / "in.ndjson").write_bytes(b"\n".join(good + bad) + b"\n")
+    done = deliver(*_files(tmp_path), f"--input={tmp_path / 'in.ndjson'}")
+    assert done.returncode == 1 and "6 of 10 events (60%) are dead letters" in done.stderr
+    done = deliver(*_files(tmp_path), f"--input={tmp_path / 'in.ndjson'}", "--max_dead_letter_fraction=0.7")
+    assert done.returncode == 0, done.stderr
+    check_conservation(orjson.loads((tmp_path / "summary.json").read_bytes()), input_events=10)
