@@ -74,3 +74,37 @@ def test_more_dead_letters_than_the_threshold_fail_the_run(tmp_path):
     done = deliver(*_files(tmp_path), f"--input={tmp_path / 'in.ndjson'}", "--max_dead_letter_fraction=0.7")
     assert done.returncode == 0, done.stderr
     check_conservation(orjson.loads((tmp_path / "summary.json").read_bytes()), input_events=10)
+
+
+def test_a_locked_or_unplaceable_duckdb_fails_at_start_before_anything_is_published(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    lines = [b'{"type":"track","event":"e","anonymousId":"a","messageId":"m%d"}' % i for i in range(5)]
+    (tmp_path / "in.ndjson").write_bytes(b"\n".join(lines) + b"\n")
+
+    def config(db):
+        (tmp_path / "i.json").write_bytes(orjson.dumps([
+            {"source_id": "s", "vendor": "files", "name": "Lake", "config": {"path": str(tmp_path / "lake")}},
+            {"source_id": "s", "vendor": "duckdb", "name": "Warehouse", "config": {"path": str(db)}}]))
+        return [f"--integrations={tmp_path / 'i.json'}", f"--input={tmp_path / 'in.ndjson'}",
+                f"--dead_letter={tmp_path / 'dead'}"]
+
+    done = deliver(*config(tmp_path / "no-such-folder" / "w.duckdb"))
+    assert done.returncode == 2 and "$[1].config (warehouse): path: the folder" in done.stderr
+    db = tmp_path / "w.duckdb"
+    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
+                               "c.execute('create table t(x int)'); print('held', flush=True); time.sleep(120)",
+                               str(db)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        done = deliver(*config(db))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.returncode == 2 and "another process holds it open" in done.stderr
+    assert not (tmp_path / "lake").exists()  # nothing was published before the check
+    time.sleep(0.1)
+    done = deliver(*config(db))
+    assert done.returncode == 0, done.stderr

@@ -43,6 +43,34 @@ class DuckDBConfig(BaseDestinationConfig):
         table = self.table if "." in self.table else f"main.{self.table}"
         return f"duckdb:{os.path.abspath(self.path)}#{table.lower()}"
 
+    def preflight(self) -> list[str]:
+        """Start-up checks, before anything is published: the file's folder exists, the database opens (not
+        locked by another process, e.g. a notebook holding it open read-write) and, with
+        ``create_table: false``, the table exists."""
+        import os
+
+        import duckdb
+
+        folder = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(folder):
+            return [f"path: the folder {folder} does not exist"]
+        if not os.path.exists(self.path):  # created by the run (never here: a check makes nothing)
+            return [] if self.create_table else [f"path: {self.path} does not exist (and create_table is false)"]
+        try:
+            con = duckdb.connect(self.path)
+        except duckdb.Error as exc:
+            held = "lock" in str(exc).lower()
+            why = "another process holds it open: close it there (a notebook?)" if held else type(exc).__name__
+            return [f"path: {self.path} cannot be opened for writing ({why})"]
+        try:
+            if not self.create_table:
+                con.execute(f"SELECT * FROM {quote_ident(self.table)} LIMIT 0")
+        except duckdb.Error:
+            return [f"table: {self.table} does not exist in {self.path} (and create_table is false)"]
+        finally:
+            con.close()
+        return []
+
 
 def quote_ident(name: str) -> str:
     """Quote a validated identifier (``[schema.]table``) for DuckDB."""
