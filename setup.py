@@ -50,6 +50,7 @@ EXTRAS = {
         "opentelemetry-sdk>=1.30,<2",
         "opentelemetry-exporter-otlp-proto-http>=1.30,<2",
         "segment-analytics-python>=2.3,<3",
+        "rudder-sdk-python>=2.1,<3",  # its identify puts the traits in context.traits
     ],
     # Destinations that need nothing beyond the core install today; kept as named
     # extras so `pip install beamhouse[duckdb]` keeps working as destinations grow.

@@ -12,6 +12,7 @@ browsers do); integers beyond the 64-bit range become floats; blank lines are co
 """
 from __future__ import annotations
 
+import logging
 import typing
 import zlib
 from itertools import repeat
@@ -28,6 +29,7 @@ from transforms.dialects import cloudevents, common, otel, segment, segment_bulk
 from transforms.events import batch_schema
 
 DEAD_LETTERS = "dead_letters"
+_log = logging.getLogger(__name__)
 # The deepest --max_nesting_depth: orjson writes at most 254 levels back out (its recursion limit), and
 # an event's JSON columns sit one level below the event. The depth check itself walks iteratively.
 MAX_NESTING_DEPTH = 200
@@ -187,7 +189,10 @@ class _ParseBatchFn(beam.DoFn):
         self._now = landed_us or deadletter.now_us()
         try:
             outputs, seen, blank = self._parse_block(lines)
-        except Exception:  # noqa: BLE001 - one event must not fail the run (a crash loop in streaming)
+        except Exception as exc:  # noqa: BLE001 - one event must not fail the run (a crash loop in streaming)
+            # A bug, not bad input: said in the log and counted (the lines still get their outcome below).
+            _log.warning("parsing a block raised %s; its lines are handled one at a time", type(exc).__name__)
+            Metrics.counter(deadletter.NAMESPACE, "parse_block_fallbacks").inc()
             outputs, seen, blank = self._one_at_a_time(lines)
         self._input.inc(seen)
         if blank:

@@ -72,13 +72,29 @@ def select_table(table: pa.Table, include=None, exclude=None) -> pa.Table:
     return table
 
 
+# Clients put a user's traits in ``traits`` or in ``context.traits`` (analytics.js copies them into every
+# event's context): an excluded trait is removed from both places, whichever the path names.
+_TRAIT_ROOTS = ("traits.", "context.traits.")
+
+
+def with_trait_mirrors(exclude: list[str]) -> list[str]:
+    """``exclude`` plus, for each path under ``traits`` or ``context.traits``, the same key under the other."""
+    out = list(exclude)
+    for path in exclude:
+        for root, other in (_TRAIT_ROOTS, _TRAIT_ROOTS[::-1]):
+            if path.startswith(root) and other + path[len(root):] not in out:
+                out.append(other + path[len(root):])
+    return out
+
+
 class SelectProperties(beam.PTransform):
-    """Apply an integration's ``properties`` selection (``PropertySelection``)."""
+    """Apply an integration's ``properties`` selection (``PropertySelection``). An excluded user trait is
+    removed wherever the client put it (``traits.x`` and ``context.traits.x``)."""
 
     def __init__(self, selection):
         super().__init__()
         self._include = selection.include
-        self._exclude = selection.exclude
+        self._exclude = with_trait_mirrors(selection.exclude) if selection.exclude else selection.exclude
 
     def expand(self, tables):
         include, exclude = self._include, self._exclude

@@ -137,6 +137,18 @@ def otel_export(server: CaptureServer):
     return server.wait_for(start + 1)[start]
 
 
+def rudderstack_batch(server: CaptureServer, traits: dict, context: dict):
+    """A batch body from RudderStack's Python SDK: an identify (its traits go into ``context.traits``) and a
+    track, as its HTTP API receives them (uncompressed)."""
+    import rudderstack.analytics as rudder
+
+    start = len(server.requests)
+    client = rudder.Client("write-key-secret", host=f"http://127.0.0.1:{server.port}", sync_mode=True, gzip=False)
+    client.identify("user-r", traits, context=context)
+    client.track("user-r", "Order Completed", {"revenue": 12.5}, context=context)
+    return server.wait_for(start + 2)[start:start + 2]
+
+
 def segment_batch(server: CaptureServer):
     """A batch body from Segment's analytics-python (track + identify), as its HTTP API receives it."""
     import segment.analytics as analytics

@@ -106,6 +106,10 @@ def _time(obj: dict, key: str) -> int | None:
         raise Rejected("invalid_timestamp", f"{key}: {exc}") from None
 
 
+# Types whose ``context.traits`` become the event's ``traits`` when the event has none of its own.
+TRAITS_FROM_CONTEXT = ("identify", "group")
+
+
 def normalise(obj: dict, source_id: str, processing_time_us: int, max_past_us: int, max_future_us: int):
     """Map one parsed Segment event to the canonical columns.
 
@@ -137,6 +141,11 @@ def normalise(obj: dict, source_id: str, processing_time_us: int, max_past_us: i
         context = _object(obj, "context")
         properties = _object(obj, "properties")
         traits = _object(obj, "traits")
+        if kind in TRAITS_FROM_CONTEXT and not traits and isinstance((context or {}).get("traits"), dict):
+            # RudderStack's SDK and analytics-python 2.1 send an identify's (or group's) traits in
+            # context.traits: they are the event's traits, and move there.
+            context = dict(context)
+            traits = context.pop("traits") or None
 
         received_at = _time(obj, "receivedAt")
         if received_at is None:

@@ -28,7 +28,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from transforms.dialects.segment import _MOVED_TO_PROPERTIES, FIXED_EVENT_NAMES, MAX_ID_LENGTH, derive_event_id
+from transforms.dialects.segment import (_MOVED_TO_PROPERTIES, FIXED_EVENT_NAMES, MAX_ID_LENGTH, TRAITS_FROM_CONTEXT,
+                                         derive_event_id)
 from transforms.timestamps import MAX_US, MIN_US, parse_timestamp_us
 
 NO_JSON = msgspec.Raw(b"null")  # the default of an absent JSON column (compared by identity)
@@ -328,6 +329,10 @@ class BulkNormaliser:
         self._move_names(events, probes, kinds, keep, properties)
         json_columns = [_json_column([e.context for e in events]), _json_column(properties),
                         _json_column([e.traits for e in events])]
+        # An identify or group without traits of its own may carry them in context.traits (RudderStack's
+        # SDK): the per-event path moves them. (A text merely mentioning "traits" goes that way too.)
+        keep &= ~_numpy(pc.and_(pc.and_(pc.is_in(kind_col, value_set=_TRAIT_KINDS), json_columns[2].is_null()),
+                                pc.match_substring(json_columns[0], '"traits"')).fill_null(False))
         for column in json_columns:
             # Numbers the per-event parser reads differently from their text (past int64 or a double's range,
             # or more digits than a double holds) go that way, so both paths deliver the same value.
@@ -371,6 +376,7 @@ class BulkNormaliser:
         return columns, accepted, rejected
 
 
+_TRAIT_KINDS = pa.array(TRAITS_FROM_CONTEXT, type=pa.string())
 # 19 digits in a row (an integer past int64, or a mantissa a double rounds) or a 3-digit exponent. It may
 # also match inside a string: such an event only takes the slower path.
 _LOSSY_NUMBER = r"[0-9]{19}|[eE][+-]?[0-9]{3}"
