@@ -65,6 +65,7 @@ def main(argv=None) -> int:
     consented: set = set()
     lines_in = 0
     per_round = args.events // args.rounds
+    last_run = 2.0 + per_round / 5000  # a first guess at a completing run's time; then the last one's
     for n in range(args.rounds):
         lines, truth = generate(per_round, seed=args.seed * 1000 + n, tenants=4, bad=False, source_id=SOURCE)
         (root / "in" / f"part-{n:04d}.ndjson").write_bytes(b"\n".join(lines) + b"\n")
@@ -75,7 +76,7 @@ def main(argv=None) -> int:
         for k in range(args.kills):
             job = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
-            delay = rng.uniform(1.0, max(2.0, per_round / 40_000))
+            delay = rng.uniform(1.0, 1.2 * last_run)  # at start-up, mid-way, while publishing or reporting
             try:
                 job.wait(timeout=delay)
                 print(f"round {n} run {k}: finished before its kill at {delay:.1f} s", flush=True)
@@ -83,12 +84,14 @@ def main(argv=None) -> int:
                 os.killpg(job.pid, signal.SIGKILL)
                 job.wait()
                 print(f"round {n} run {k}: killed at {delay:.1f} s", flush=True)
+        begun = time.monotonic()
         done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        last_run = time.monotonic() - begun
         if done.returncode != 0:
             print(done.stderr[-3000:], file=sys.stderr)
             return 1
-        print(f"round {n}: {lines_in} lines so far, completing run done in {time.monotonic() - started:.1f} s",
-              flush=True)
+        print(f"round {n}: {lines_in} lines so far; the completing run took {last_run:.1f} s "
+              f"({time.monotonic() - started:.1f} s with the killed ones)", flush=True)
     summary = orjson.loads((root / "summary.json").read_bytes())
     check_conservation(summary, input_events=lines_in)
     failures = 0
