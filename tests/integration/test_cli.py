@@ -91,8 +91,10 @@ def test_a_locked_or_unplaceable_duckdb_fails_at_start_before_anything_is_publis
         return [f"--integrations={tmp_path / 'i.json'}", f"--input={tmp_path / 'in.ndjson'}",
                 f"--dead_letter={tmp_path / 'dead'}"]
 
-    done = deliver(*config(tmp_path / "no-such-folder" / "w.duckdb"))
+    (tmp_path / "a-file").write_bytes(b"")
+    done = deliver(*config(tmp_path / "a-file" / "w.duckdb"))  # a folder that cannot be made
     assert done.returncode == 2 and "$[1].config (warehouse): path: the folder" in done.stderr
+    assert "cannot be made" in done.stderr and not (tmp_path / "lake").exists()
     db = tmp_path / "w.duckdb"
     holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
                                "c.execute('create table t(x int)'); print('held', flush=True); time.sleep(120)",
@@ -108,3 +110,6 @@ def test_a_locked_or_unplaceable_duckdb_fails_at_start_before_anything_is_publis
     time.sleep(0.1)
     done = deliver(*config(db))
     assert done.returncode == 0, done.stderr
+    done = deliver(*config(tmp_path / "new" / "folder" / "w.duckdb"))  # a missing folder is made, as for files
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "new" / "folder" / "w.duckdb").is_file()

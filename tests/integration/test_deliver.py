@@ -324,8 +324,10 @@ def test_a_local_batch_run_spills_its_shuffles_and_a_remote_one_may_not(tmp_path
             f"--dead_letter={tmp_path / 'dead'}", f"--summary={tmp_path / 'reports' / 'summary.json'}"]
     assert deliver.run(argv + [RUNNER]) == 0
     summary = orjson.loads((tmp_path / "reports" / "summary.json").read_bytes())  # its folder made on the way
-    # Every parsed event crossed the dedup shuffle as a file, every delivered one the partition shuffle.
-    assert sum(spilled) == summary["unique"] + summary["duplicates"] + summary["integrations"]["lake"]["delivered"]
+    # Every parsed event crossed the dedup shuffle as a file, every delivered one the partition shuffle, and
+    # every dead letter the dead letters' grouping.
+    assert sum(spilled) == (summary["unique"] + summary["duplicates"] + summary["integrations"]["lake"]["delivered"]
+                            + summary["dead_letters"]["total"])
     assert deliver.run(argv + ["--runner=DataflowRunner", f"--shuffle_spill_dir={tmp_path}"]) == 2
     assert "--shuffle_spill_dir: only local batch runs" in capsys.readouterr().err
 

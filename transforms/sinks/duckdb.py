@@ -18,6 +18,7 @@ Query example (revenue by day)::
 """
 from __future__ import annotations
 
+import os
 import re
 
 import apache_beam as beam
@@ -38,22 +39,21 @@ class DuckDBConfig(BaseDestinationConfig):
     create_table: bool = True
 
     def destination(self) -> str:
-        import os
-
         table = self.table if "." in self.table else f"main.{self.table}"
         return f"duckdb:{os.path.abspath(self.path)}#{table.lower()}"
 
     def preflight(self) -> list[str]:
-        """Start-up checks, before anything is published: the file's folder exists, the database opens (not
-        locked by another process, e.g. a notebook holding it open read-write) and, with
-        ``create_table: false``, the table exists."""
-        import os
-
+        """Start-up checks, before anything is published: the file's folder exists or can be made (the run
+        makes it), the database opens (not locked by another process, e.g. a notebook holding it open
+        read-write) and, with ``create_table: false``, the table exists. A check makes nothing."""
         import duckdb
 
         folder = os.path.dirname(os.path.abspath(self.path))
-        if not os.path.isdir(folder):
-            return [f"path: the folder {folder} does not exist"]
+        existing = folder
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+            return [f"path: the folder {folder} cannot be made ({existing} is not a writable folder)"]
         if not os.path.exists(self.path):  # created by the run (never here: a check makes nothing)
             return [] if self.create_table else [f"path: {self.path} does not exist (and create_table is false)"]
         try:
@@ -122,6 +122,7 @@ class _LoadIntoDuckDBFn(beam.DoFn):
         c = self._config
         tables = [coders.decode_table(data) for data in encoded_tables]
         staged = _naive_utc(pa.concat_tables(tables)) if tables else None
+        os.makedirs(os.path.dirname(os.path.abspath(c.path)), exist_ok=True)
         con = duckdb.connect(c.path)
         try:
             if c.create_table:
