@@ -48,7 +48,8 @@ def summarise(values: dict[str, int], integrations) -> dict:
             "dead_lettered": sum(shared_dead.values()) + sum(own_dead.values()),
             "sink_dead_letters": dict(sorted(own_dead.items())),
         }
-        for key in ("files", "files_already_present", "already_delivered", "files_adopted", "ledger_unavailable", "reports",
+        for key in ("files", "files_already_present", "already_delivered", "files_adopted", "ledger_unavailable",
+                    "files_differ", "reports",
                     "rows_inserted", "rows_already_present", "partitions_completed"):
             if key in own:
                 entry[key] = own[key]
@@ -98,6 +99,10 @@ def format_summary(summary: dict) -> str:
                                                    "rows_inserted") if k in e)
         lines.append(f"{iid} ({e['vendor']}): delivered {e['delivered']}  consent_dropped {e['consent_dropped']}"
                      f"  dead_lettered {e['dead_lettered']}{extra}  {'balanced' if e['balanced'] else 'NOT BALANCED'}")
+        if e.get("files_differ"):
+            lines.append(f"  WARNING {iid}: {e['files_differ']} files already present hold these events written "
+                         "with other settings (format, selection, profile ...); they were not rewritten and the "
+                         "report lists what they hold. Regenerate to apply the new settings to them")
         if e.get("ledger_unavailable"):
             lines.append(f"  WARNING {iid}: the destination refused listing or reading its _ledger/ folder "
                          f"({e['ledger_unavailable']} partitions): a re-run over grown input may deliver their "

@@ -15,7 +15,10 @@ Protocol for every data file (architecture.md 3.4, reliability.md rules 2-4):
    file with its size, record count and SHA-256. A file not listed in a report is incomplete.
 
 Names are deterministic per batch. When the name contains the batch id (the default), a name that
-already exists holds this very batch (a retry or a re-run) and is reported ``already_present``. For
+already exists holds this very batch's events (a retry or a re-run) and is reported ``already_present``
+with what the store holds: its size and digest read back (``differs`` when they are not what this run
+would have written, e.g. after a change of selection or format: nothing is rewritten), or, where the store
+allows no reading (an S3 PutObject-only policy), ``verified: false`` and no size or digest. For
 time-only names (seed 003's ``data_YYYY_MM_DD_HH_MM_SS``) the existing object's recorded batch id is
 read back: the same batch is ``already_present``; another batch means a collision, and the batch takes
 the next free name ``<name>_1``, ``<name>_2`` ... in a fixed order, so retries find the same name.
@@ -61,11 +64,9 @@ class LocalStorage:
     """A destination root on the local filesystem.
 
     Storages have ``put_if_absent(relative, data, metadata) -> bool``, ``lookup(relative) -> dict | None``
-    and ``verify_existing``: whether an existing file with a content-derived name is read back so the
-    report gives its actual size and digest (cheap on disk; object stores skip it, needing no read access).
+    (raising ``LookupDenied`` where the store allows no reading: a report then lists an existing file as
+    ``verified: false``), ``list_names``, ``read``, ``remove`` and ``public_name``.
     """
-
-    verify_existing = True
 
     def __init__(self, root: str):
         self.root = os.path.abspath(root)
@@ -170,8 +171,6 @@ class BeamStorage:
     then rename after an existence check. Not atomic against a concurrent writer of the same name;
     S3 and GCS have their own storages with conditional writes."""
 
-    verify_existing = True
-
     def __init__(self, root: str):
         self.root = root.rstrip("/")
 
@@ -259,13 +258,12 @@ def publish_batch(storage, name_for: Callable[[int], str], data: bytes, records:
                 return {"path": relative, "bytes": len(data), "records": records, "sha256": digest,
                         "status": "published", **extra}
             try:
-                if content_addressed and not storage.verify_existing:
-                    raise LookupDenied(relative)  # object stores: no read needed (least privilege)
                 existing = storage.lookup(relative)
             except LookupDenied:
-                if content_addressed:  # the name is derived from these very events
-                    return {"path": relative, "bytes": len(data), "records": records, "sha256": digest,
-                            "status": "already_present", **extra}
+                if content_addressed:  # the name is derived from these very events, but which bytes it holds
+                    # (written under other settings?) cannot be read here: the entry says so, never our digest
+                    return {"path": relative, "records": records, "status": "already_present", "verified": False,
+                            **extra}
                 raise PublishError(f"{relative}: a file of that name exists and telling whether it holds this "
                                    f"batch needs read access (s3:GetObject / storage.objects.get); "
                                    f"or use a file name with {{id}}") from None
@@ -277,8 +275,16 @@ def publish_batch(storage, name_for: Callable[[int], str], data: bytes, records:
             raise PublishError(f"{relative}: the store refused the write as existing but has no such object")
         same = (existing["batch"] == batch) if (batch and existing.get("batch")) else existing["sha256"] == digest
         if same or content_addressed:
-            return {"path": relative, "bytes": existing["bytes"], "records": records, "sha256": existing["sha256"],
-                    "status": "already_present", **extra}
+            # What the store holds, not what this run would have written: the same events under other
+            # settings (a changed selection, profile or compression) are flagged, never rewritten.
+            entry = {"path": relative, "bytes": existing["bytes"], "records": records, "sha256": existing["sha256"],
+                     "status": "already_present", **extra}
+            if not existing["sha256"]:
+                entry.update(verified=False)
+                del entry["sha256"]
+            elif existing["sha256"] != digest:
+                entry["differs"] = True
+            return entry
     raise PublishError(f"{name_for(0)}: more than {MAX_NAME_COLLISIONS} batches share this file name")
 
 
@@ -299,7 +305,8 @@ def write_report(storage, integration_id: str, vendor: str, files: list[dict], c
         "file_count": len(files),
         "record_count": sum(f["records"] for f in files),
         # Paths as a consumer finds them on the store (sFTP flattens partition folders into names).
-        "files": [{**{k: f[k] for k in ("path", "bytes", "records", "sha256", "partition", "tenant") if k in f},
+        "files": [{**{k: f[k] for k in ("path", "bytes", "records", "sha256", "partition", "tenant", "verified",
+                                        "differs") if k in f},
                    "path": storage.public_name(f["path"])} for f in files],
     }
     data = orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n"

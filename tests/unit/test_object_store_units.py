@@ -1,6 +1,7 @@
 """Pure parts of object-store delivery: routes, secrets, file-name templates, collision handling."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import pickle
 from datetime import datetime, timezone
@@ -117,8 +118,6 @@ def test_minute_ranges_and_seconds():
 class MemoryStorage:
     """A storage with object-store semantics (create-only, metadata), in memory."""
 
-    verify_existing = False
-
     def __init__(self):
         self.objects = {}
 
@@ -147,14 +146,26 @@ def test_time_named_files_take_the_next_name_on_collision_and_retries_find_their
     assert len(store.objects) == 2
 
 
-def test_content_addressed_names_need_no_read():
-    class NoRead(MemoryStorage):
-        def lookup(self, relative):
-            raise AssertionError("no read expected")
-    store = NoRead()
+def test_an_existing_content_addressed_file_is_reported_as_the_store_holds_it():
+    # Readable: the stored size and digest, flagged when other settings wrote other bytes for these events.
+    store = MemoryStorage()
     commit.publish_batch(store, lambda n: "p/x-1-abc.json.gz", b"X", 1, batch="abc", content_addressed=True)
     again = commit.publish_batch(store, lambda n: "p/x-1-abc.json.gz", b"X", 1, batch="abc", content_addressed=True)
-    assert again["status"] == "already_present"
+    assert again["status"] == "already_present" and again["sha256"] == hashlib.sha256(b"X").hexdigest()
+    assert "differs" not in again
+    other = commit.publish_batch(store, lambda n: "p/x-1-abc.json.gz", b"Y!", 1, batch="abc", content_addressed=True)
+    assert other["differs"] and other["sha256"] == hashlib.sha256(b"X").hexdigest() and other["bytes"] == 1
+    assert store.objects["p/x-1-abc.json.gz"][0] == b"X"  # never rewritten
+
+    # Not readable (an S3 PutObject-only policy): no digest claimed at all, rather than this run's.
+    class NoRead(MemoryStorage):
+        def lookup(self, relative):
+            raise commit.LookupDenied(relative)
+    store = NoRead()
+    commit.publish_batch(store, lambda n: "p/x-1-abc.json.gz", b"X", 1, batch="abc", content_addressed=True)
+    again = commit.publish_batch(store, lambda n: "p/x-1-abc.json.gz", b"Y!", 1, batch="abc", content_addressed=True)
+    assert again["status"] == "already_present" and again["verified"] is False
+    assert "sha256" not in again and "bytes" not in again
 
 
 def test_time_named_collision_without_read_access_is_a_clear_error():

@@ -477,6 +477,7 @@ class _WritePartitionFn(beam.DoFn):
         self._files = Metrics.counter(deadletter.NAMESPACE, f"{self._iid}.files")
         self._present = Metrics.counter(deadletter.NAMESPACE, f"{self._iid}.files_already_present")
         self._already = Metrics.counter(deadletter.NAMESPACE, f"{self._iid}.already_delivered")
+        self._differs = Metrics.counter(deadletter.NAMESPACE, f"{self._iid}.files_differ")
         self._adopted = Metrics.counter(deadletter.NAMESPACE, f"{self._iid}.files_adopted")
         self._ledger_unavailable = Metrics.counter(deadletter.NAMESPACE, f"{self._iid}.ledger_unavailable")
         self._ledgers: dict[str, ledger.Ledger] = {}
@@ -607,9 +608,11 @@ class _WritePartitionFn(beam.DoFn):
         self._files.inc()
         if record["status"] == "already_present":
             self._present.inc()
+            if record.get("differs"):
+                self._differs.inc()
         written = record["status"] == "published"
         shares = {tenant: rows.num_rows} if tenant is not None else tenant_counts(rows)
-        for name, (events, size) in apportion(shares, record["bytes"]).items():
+        for name, (events, size) in apportion(shares, record.get("bytes", 0)).items():
             usage = f"{self._iid}.tenant.{name}."
             Metrics.counter(deadletter.NAMESPACE, usage + "events").inc(events)
             Metrics.counter(deadletter.NAMESPACE, usage + "files").inc()

@@ -103,8 +103,6 @@ def client(endpoint_url=None, service_account_json=None, project_id=None):
 class GCSStorage:
     """Objects under ``gs://<bucket>/<prefix>``, published with ``ifGenerationMatch=0``."""
 
-    verify_existing = False
-
     def __init__(self, bucket: str, prefix: str = "", kms_key_name: str | None = None, endpoint_url=None,
                  service_account_json=None, project_id=None, max_attempts: int = 5):
         self.bucket = bucket

@@ -131,8 +131,6 @@ def _denied_as_lookup_denied(what: str):
 class S3Storage:
     """Objects under ``s3://<bucket>/<prefix>``, published with conditional PutObject."""
 
-    verify_existing = False
-
     def __init__(self, bucket: str, prefix: str = "", region: str | None = None, kms_key_id: str | None = None,
                  endpoint_url: str | None = None, access_key_id=None, secret_access_key=None, session_token=None,
                  max_attempts: int = 5):
@@ -166,7 +164,10 @@ class S3Storage:
             code = exc.response.get("Error", {}).get("Code", "")
             message = exc.response.get("Error", {}).get("Message", "")
             if code == "PreconditionFailed":
-                return False
+                # Answered to botocore's retry of this very upload: an earlier attempt wrote these bytes and
+                # its answer was lost (a dropped connection, a 500 after the write). Anything else: the name
+                # was taken before this call, and the caller finds out by what (commit.publish_batch).
+                return exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0) > 0
             if self.kms_key_id and is_kms_refusal(code, message):
                 raise commit.KeyUnusable(redact(f"{relative}: S3 refused the KMS key ({code}: {message})")) from None
             raise commit.PublishError(redact(f"{relative}: S3 PutObject failed ({code}: {message})")) from None

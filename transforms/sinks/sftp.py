@@ -157,8 +157,6 @@ def parse_host_keys(text: str):
 class SFTPStorage:
     """Files in one folder of an sFTP server, published by temporary upload and rename-if-absent."""
 
-    verify_existing = False  # names carry the batch id: an existing name holds this batch
-
     def __init__(self, config: SFTPConfig):
         self._c = config
         self._client = None
