@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines import local_runner
+from pipelines import cli, local_runner
 from transforms import accounting, coders, secrets
 from transforms.archive import read_lines, reported_files, rows_to_batch
 from transforms.deadletter import WriteDeadLetters, count, make_record
@@ -125,6 +125,7 @@ def run(argv=None) -> int:
     parser.add_argument("--app_id_field", default="context.app_id")
     args, beam_args = parser.parse_known_args(argv)
     integrations, errors = load_integrations(args.integrations)
+    errors += cli.unknown_options(beam_args, parser)  # what is left must be Beam's: a misspelling is not silently dropped
     archive = export = None
     if not errors:
         archive, err = pick(integrations, args.archive, "archive",

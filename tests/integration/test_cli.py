@@ -113,3 +113,15 @@ def test_a_locked_or_unplaceable_duckdb_fails_at_start_before_anything_is_publis
     done = deliver(*config(tmp_path / "new" / "folder" / "w.duckdb"))  # a missing folder is made, as for files
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "new" / "folder" / "w.duckdb").is_file()
+
+
+def test_regenerate_refuses_an_unknown_option_too(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.guarantees.invariants import REPO
+
+    done = subprocess.run([sys.executable, "-m", "pipelines.regenerate", "--integrations=examples/integrations.json",
+                           "--from=2026-01-28", "--to=2026-01-29", f"--output={tmp_path / 'x'}", "--dead-letter=x"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--dead-letter: unknown option (did you mean --dead_letter?)" in done.stderr
