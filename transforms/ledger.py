@@ -119,7 +119,8 @@ class Ledger:
                   "at": time.time()}
         self._storage.put_if_absent(entry_name(partition, batch), encode_entry({**record, "writer": writer},
                                                                                 event_ids), {})
-        self._ids.setdefault(partition, set()).update(event_ids)
+        # Not added to what ``delivered`` subtracts: a retried bundle must cut its events into the very same
+        # batches (found already there, and listed in this run's report), not around them.
 
     def _abandoned(self, writer: dict) -> bool:
         """Whether the run that wrote an unreported entry is over (see the module docstring)."""

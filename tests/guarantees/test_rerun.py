@@ -141,3 +141,21 @@ def test_killed_runs_then_a_rerun_lose_and_double_nothing(tmp_path):
         job.wait(timeout=60)
     run(root)
     check_all(root, set(truth["unique"]), consented_ids(truth), len(lines))
+
+
+def test_two_runs_of_the_same_input_at_once_deliver_each_event_once(tmp_path):
+    root = tmp_path
+    (root / "in").mkdir()
+    (root / "i.json").write_bytes(orjson.dumps(integrations(root)))
+    lines, truth = generate(3000, seed=41, tenants=3, bad=False, source_id=SOURCE)
+    (root / "in" / "a.ndjson").write_bytes(b"\n".join(lines) + b"\n")
+    jobs = [subprocess.Popen([sys.executable, "-m", "pipelines.deliver", f"--integrations={root / 'i.json'}",
+                              f"--input={root / 'in' / '*.ndjson'}", f"--dead_letter={root / f'dead{n}'}",
+                              f"--summary={root / f'summary{n}.json'}", "--runner=FnApiRunner"],
+                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for n in (1, 2)]
+    for job in jobs:
+        assert job.wait(timeout=600) == 0, job.stderr.read().decode()[-2000:]
+    for n in (1, 2):
+        check_conservation(orjson.loads((root / f"summary{n}.json").read_bytes()), input_events=len(lines))
+    (root / "summary.json").write_bytes((root / "summary1.json").read_bytes())
+    check_all(root, set(truth["unique"]), consented_ids(truth), len(lines))
