@@ -19,7 +19,10 @@ Protocol (each write create-if-absent, like the data):
    run's that is still going (this run's other workers, or a concurrent run's) or one stopped between 1 and
    2. If a report lists its file, the marker is written now. If not, and its run is known to be over - on
    this machine, its writing process no longer runs; elsewhere, a day has passed - this run *adopts* the
-   file (lists it in its own report, so a consumer that reads reports sees it exactly once).
+   file (lists it in its own report, so a consumer that reads reports sees it exactly once). A running
+   run's entries are left alone: their events are cut into the same batches, found already there.
+   Two runs at once over *different* inputs touching one partition cut it differently and may both deliver
+   its events: run one job per destination at a time.
 
 What a store needs for this beyond publishing: listing and reading under ``_ledger/`` (S3:
 ``s3:ListBucket`` and ``s3:GetObject`` on the prefix; GCS: ``storage.objects.list`` and ``get``) and, only
@@ -102,12 +105,16 @@ class Ledger:
         adopt = []
         for name in sorted(n for n in names if n.endswith(_ENTRY)):
             record, event_ids = decode_entry(self._storage.read(name))
-            ids.update(event_ids)
             if name[:-len(_ENTRY)] + _MARK not in names:
                 if self._storage.public_name(record["path"]) in self._reported():
                     self._storage.put_if_absent(name[:-len(_ENTRY)] + _MARK, b"", {})
                 elif self._abandoned(record.pop("writer", {})):
                     adopt.append(record)
+                else:
+                    # A run still going wrote it (a concurrent run, or this run's other workers): its events
+                    # are not subtracted, so this run cuts the same batches and finds the same names.
+                    continue
+            ids.update(event_ids)
         self._ids[partition] = ids
         return ids, adopt
 

@@ -37,6 +37,8 @@ class DuckDBConfig(BaseDestinationConfig):
     path: str = Field(min_length=1, description="DuckDB database file (created if missing)")
     table: str = Field("events", pattern=rf"^({_IDENT}\.)?{_IDENT}$", description="[schema.]table")
     create_table: bool = True
+    lock_wait_seconds: float = Field(120, ge=0, le=3600, description="how long a load waits for another "
+                                     "process (a concurrent run) to release the database file")
 
     def destination(self) -> str:
         table = self.table if "." in self.table else f"main.{self.table}"
@@ -111,6 +113,24 @@ def _naive_utc(table: pa.Table) -> pa.Table:
     return table
 
 
+def _connect_waiting(path: str, wait_seconds: float):
+    """``duckdb.connect(path)``, waiting (with backoff, up to ``wait_seconds``) while another process holds the
+    file: DuckDB allows one writing process, and two runs loading into one file would otherwise fail one."""
+    import time
+
+    import duckdb
+
+    deadline, pause = time.monotonic() + wait_seconds, 0.1
+    while True:
+        try:
+            return duckdb.connect(path)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() + pause > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
+
+
 class _LoadIntoDuckDBFn(beam.DoFn):
     def __init__(self, integration_id: str, config: DuckDBConfig):
         self._iid = integration_id
@@ -123,7 +143,7 @@ class _LoadIntoDuckDBFn(beam.DoFn):
         tables = [coders.decode_table(data) for data in encoded_tables]
         staged = _naive_utc(pa.concat_tables(tables)) if tables else None
         os.makedirs(os.path.dirname(os.path.abspath(c.path)), exist_ok=True)
-        con = duckdb.connect(c.path)
+        con = _connect_waiting(c.path, c.lock_wait_seconds)
         try:
             if c.create_table:
                 con.execute(create_table_sql(c.table))
