@@ -65,18 +65,25 @@ def test_on_a_putobject_only_bucket_a_config_change_gives_no_report_that_lies(mo
     allows no reading), never with this run's digest; every listed digest is the stored object's."""
     import boto3
 
-    from tests.integration.test_s3 import least_privilege, seed_s3_config
+    from tests.integration.test_s3 import seed_s3_config
     from tests.servers.faultproxy import FaultProxy
+
+    bucket = "config-change-bucket"  # its own: the moto server is shared by the session's tests
+
+    def least_privilege(method: str, path: str) -> bool:  # the seed's policy on this bucket
+        return (method == "GET" and path.endswith("?location")) or (
+            method == "PUT" and path.startswith(f"/{bucket}/datafly/events/"))
 
     s3 = boto3.client("s3", endpoint_url=moto_server.url, aws_access_key_id="x", aws_secret_access_key="x",
                       region_name="us-east-1")
-    s3.create_bucket(Bucket="my-analytics-bucket")
+    s3.create_bucket(Bucket=bucket)
     proxy = FaultProxy(moto_server.url, allow=least_privilege).start()
     try:
         (tmp_path / "in").mkdir()
         lines, _ = generate(300, seed=82, bad=False, source_id="src_abc123")
         (tmp_path / "in" / "a.ndjson").write_bytes(b"\n".join(lines) + b"\n")
         config = seed_s3_config(proxy.url)
+        config["config"]["bucket"] = bucket
         argv = [f"--integrations={tmp_path / 'i.json'}", f"--input={tmp_path / 'in' / '*.ndjson'}",
                 f"--dead_letter={tmp_path / 'dead'}", f"--summary={tmp_path / 'summary.json'}"]
         (tmp_path / "i.json").write_bytes(orjson.dumps([config]))
@@ -92,15 +99,15 @@ def test_on_a_putobject_only_bucket_a_config_change_gives_no_report_that_lies(mo
     finally:
         proxy.stop()
     prefix = "datafly/events/"
-    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="my-analytics-bucket")
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
             for o in page.get("Contents", [])]
     unverified = 0
     for key in (k for k in keys if k.startswith(prefix + "_reports/")):
-        for f in orjson.loads(s3.get_object(Bucket="my-analytics-bucket", Key=key)["Body"].read())["files"]:
+        for f in orjson.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())["files"]:
             if f.get("verified") is False:
                 unverified += 1
                 assert "sha256" not in f and "bytes" not in f
                 continue
-            body = s3.get_object(Bucket="my-analytics-bucket", Key=prefix + f["path"])["Body"].read()
+            body = s3.get_object(Bucket=bucket, Key=prefix + f["path"])["Body"].read()
             assert len(body) == f["bytes"] and __import__("hashlib").sha256(body).hexdigest() == f["sha256"]
     assert unverified > 0  # the re-run found names taken and did not pretend to know their bytes
