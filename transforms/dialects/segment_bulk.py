@@ -331,12 +331,16 @@ class BulkNormaliser:
                         _json_column([e.traits for e in events])]
         # An identify or group without traits of its own may carry them in context.traits (RudderStack's
         # SDK): the per-event path moves them. (A text merely mentioning "traits" goes that way too.)
-        keep &= ~_numpy(pc.and_(pc.and_(pc.is_in(kind_col, value_set=_TRAIT_KINDS), json_columns[2].is_null()),
-                                pc.match_substring(json_columns[0], '"traits"')).fill_null(False))
+        traitless = _numpy(pc.and_(pc.is_in(kind_col, value_set=_TRAIT_KINDS), json_columns[2].is_null()))
+        if traitless.any():
+            at = np.flatnonzero(traitless)
+            keep[at] &= ~_numpy(pc.match_substring(json_columns[0].take(at), '"traits"').fill_null(False))
         for column in json_columns:
             # Numbers the per-event parser reads differently from their text (past int64 or a double's range,
-            # or more digits than a double holds) go that way, so both paths deliver the same value.
-            keep &= ~_numpy(pc.match_substring_regex(column, _LOSSY_NUMBER).fill_null(False))
+            # or more digits than a double holds) go that way, so both paths deliver the same value. One scan
+            # of the column's whole text first: in the common case nothing matches and no row is looked at.
+            if _any_match(column, _LOSSY_NUMBER):
+                keep &= ~_numpy(pc.match_substring_regex(column, _LOSSY_NUMBER).fill_null(False))
         id_col = pa.array(ids, type=pa.string())
         if id_col.null_count:
             derived = {}
@@ -389,6 +393,17 @@ _READ_MOVED = {
     "groupId": lambda events: [e.groupId for e in events],
     "previousId": lambda events: [e.previousId for e in events],
 }
+
+
+def _any_match(column: pa.Array, pattern: str) -> bool:
+    """Whether ``pattern`` matches anywhere in a string column's text: one regex scan of its data buffer as a
+    single value (no copy), instead of one per row. (A match across two values' boundary only costs the
+    per-row check.)"""
+    data = column.buffers()[2]
+    if data is None or not len(data):
+        return False
+    whole = pa.Array.from_buffers(pa.large_binary(), 1, [None, pa.py_buffer(np.array([0, data.size], np.int64)), data])
+    return bool(pc.match_substring_regex(whole, pattern)[0].as_py())
 
 
 def _flags(values, n: int) -> np.ndarray:

@@ -534,9 +534,9 @@ class _WritePartitionFn(beam.DoFn):
         for record in adopt:
             self._adopted.inc()
             yield {**record, "status": "adopted", "route": route_key}
-        if not held:
+        if not len(held):
             return rows
-        known = pc.is_in(rows["event_id"], value_set=pa.array(list(held), type=pa.string()))
+        known = pc.is_in(rows["event_id"], value_set=held)
         already = pc.sum(known).as_py() or 0
         if not already:
             return rows
@@ -594,7 +594,7 @@ class _WritePartitionFn(beam.DoFn):
         record["batch"] = batch
         if tenant is not None:
             record["tenant"] = tenant
-        book.record(partition, batch, {k: v for k, v in record.items() if k != "status"}, rows["event_id"].to_pylist())
+        book.record(partition, batch, {k: v for k, v in record.items() if k != "status"}, rows["event_id"])
         if c.completes_partitions():
             # The partition has data: remember it and its end (in the destination, so a later run completes
             # it) and how far the delivered data reaches (the watermark completeness is judged by).
