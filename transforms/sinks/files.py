@@ -622,21 +622,14 @@ class _WritePartitionFn(beam.DoFn):
         return record
 
 
-def _marker_token(partition: str) -> str:
-    # Partition paths can be long and hold any character: the markers are named by a digest.
-    import hashlib
-
-    return hashlib.sha256(partition.encode()).hexdigest()[:32]
-
-
 def pending_name(partition: str) -> str:
     """The marker that ``partition`` has data and is not complete yet (holds the partition and its end)."""
-    return f"_pending/{_marker_token(partition)}"
+    return f"_pending/{ledger.partition_token(partition)}"
 
 
 def complete_name(partition: str) -> str:
     """The marker that ``partition`` was completed (written after its completion marker or signal)."""
-    return f"_complete/{_marker_token(partition)}"
+    return f"_complete/{ledger.partition_token(partition)}"
 
 
 class _CompletePartitionsFn(beam.DoFn):
