@@ -46,6 +46,21 @@ def snapshot(root):
             if p.is_file() and not p.name.endswith((".wal", ".duckdb")) and p.name != "summary.json"}
 
 
+def prepare(root, n: int, seed: int, tenants: int):
+    """The integrations file and a first input file of ``n`` generated events; returns ``(lines, truth)``."""
+    (root / "in").mkdir()
+    (root / "i.json").write_bytes(orjson.dumps(integrations(root)))
+    lines, truth = generate(n, seed=seed, tenants=tenants, bad=False, source_id=SOURCE)
+    (root / "in" / "a.ndjson").write_bytes(b"\n".join(lines) + b"\n")
+    return lines, truth
+
+
+def deliver_argv(root, dead: str = "dead", summary: str = "summary.json") -> list[str]:
+    return [sys.executable, "-m", "pipelines.deliver", f"--integrations={root / 'i.json'}",
+            f"--input={root / 'in' / '*.ndjson'}", f"--dead_letter={root / dead}", f"--summary={root / summary}",
+            "--runner=FnApiRunner"]
+
+
 def run(root, *extra):
     argv = [f"--integrations={root / 'i.json'}", f"--input={root / 'in' / '*.ndjson'}",
             f"--dead_letter={root / 'dead'}", f"--summary={root / 'summary.json'}", *extra]
@@ -98,10 +113,7 @@ def test_a_run_stopped_between_publishing_and_its_report_is_adopted_not_repeated
     # The state a kill leaves between a file's publication and the delivery report: files and their ledger
     # entries present, no report and no markers. The next run lists those files in its report once.
     root = tmp_path
-    (root / "in").mkdir()
-    (root / "i.json").write_bytes(orjson.dumps(integrations(root)))
-    first, truth = generate(600, seed=21, tenants=2, bad=False, source_id=SOURCE)
-    (root / "in" / "a.ndjson").write_bytes(b"\n".join(first) + b"\n")
+    first, truth = prepare(root, 600, seed=21, tenants=2)
     run(root)
     for dest in ("lake", "archive", "tenants"):
         for report in (root / dest / "_reports").glob("*"):
@@ -120,13 +132,8 @@ def test_a_run_stopped_between_publishing_and_its_report_is_adopted_not_repeated
 
 def test_killed_runs_then_a_rerun_lose_and_double_nothing(tmp_path):
     root = tmp_path
-    (root / "in").mkdir()
-    (root / "i.json").write_bytes(orjson.dumps(integrations(root)))
-    lines, truth = generate(6000, seed=31, tenants=3, bad=False, source_id=SOURCE)
-    (root / "in" / "a.ndjson").write_bytes(b"\n".join(lines) + b"\n")
-    argv = [sys.executable, "-m", "pipelines.deliver", f"--integrations={root / 'i.json'}",
-            f"--input={root / 'in' / '*.ndjson'}", f"--dead_letter={root / 'dead'}",
-            f"--summary={root / 'summary.json'}", "--runner=FnApiRunner"]
+    lines, truth = prepare(root, 6000, seed=31, tenants=3)
+    argv = deliver_argv(root)
     # Kill at three points of a run: as the first lake file appears, with some published, and mid-reports.
     for wait_for in (1, 40, 120):
         job = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -145,14 +152,9 @@ def test_killed_runs_then_a_rerun_lose_and_double_nothing(tmp_path):
 
 def test_two_runs_of_the_same_input_at_once_deliver_each_event_once(tmp_path):
     root = tmp_path
-    (root / "in").mkdir()
-    (root / "i.json").write_bytes(orjson.dumps(integrations(root)))
-    lines, truth = generate(3000, seed=41, tenants=3, bad=False, source_id=SOURCE)
-    (root / "in" / "a.ndjson").write_bytes(b"\n".join(lines) + b"\n")
-    jobs = [subprocess.Popen([sys.executable, "-m", "pipelines.deliver", f"--integrations={root / 'i.json'}",
-                              f"--input={root / 'in' / '*.ndjson'}", f"--dead_letter={root / f'dead{n}'}",
-                              f"--summary={root / f'summary{n}.json'}", "--runner=FnApiRunner"],
-                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for n in (1, 2)]
+    lines, truth = prepare(root, 3000, seed=41, tenants=3)
+    jobs = [subprocess.Popen(deliver_argv(root, f"dead{n}", f"summary{n}.json"), cwd=REPO,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for n in (1, 2)]
     for job in jobs:
         assert job.wait(timeout=600) == 0, job.stderr.read().decode()[-2000:]
     for n in (1, 2):
