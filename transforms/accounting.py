@@ -49,7 +49,7 @@ def summarise(values: dict[str, int], integrations) -> dict:
             "sink_dead_letters": dict(sorted(own_dead.items())),
         }
         for key in ("files", "files_already_present", "already_delivered", "files_adopted", "ledger_unavailable",
-                    "files_differ", "reports",
+                    "files_differ", "files_of_concurrent_run", "reports",
                     "rows_inserted", "rows_already_present", "partitions_completed"):
             if key in own:
                 entry[key] = own[key]
@@ -96,7 +96,7 @@ def format_summary(summary: dict) -> str:
         lines.append(f"  dead letter {reason}: {n}")
     for iid, e in summary["integrations"].items():
         extra = "".join(f"  {k} {e[k]}" for k in ("already_delivered", "files", "files_already_present", "files_adopted",
-                                                   "rows_inserted") if k in e)
+                                                   "files_of_concurrent_run", "rows_inserted") if k in e)
         lines.append(f"{iid} ({e['vendor']}): delivered {e['delivered']}  consent_dropped {e['consent_dropped']}"
                      f"  dead_lettered {e['dead_lettered']}{extra}  {'balanced' if e['balanced'] else 'NOT BALANCED'}")
         if e.get("files_differ"):

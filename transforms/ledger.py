@@ -22,6 +22,8 @@ Protocol (each write create-if-absent, like the data):
    this machine, its writing process no longer runs; elsewhere, a day has passed - this run *adopts* the
    file (lists it in its own report, so a consumer that reads reports sees it exactly once). A running
    run's entries are left alone: their events are cut into the same batches, found already there.
+   When a run finds a file it cut already published by another run, it lists it in its report only if that
+   run is over and never reported it: otherwise the other run's report lists it (one report a file).
    Two runs at once over *different* inputs touching one partition cut it differently and may both deliver
    its events: run one job per destination at a time.
 
@@ -110,12 +112,20 @@ class Ledger:
 
     def _read(self, partition: str) -> tuple[pa.Array, list[dict]]:
         names = set(self._storage.list_names(folder(partition)))  # relative names: "<folder>/<name>"
+        # A run writes its report, then its markers one by one: a listing made meanwhile shows some of its
+        # entries marked and others not, though the report lists them all. Subtracting only the marked ones
+        # would cut the rest into other batches (new names: the same events twice), so when the partition
+        # shows any marker, reports read before it are read again once.
+        fresh = not any(n.endswith(_MARK) for n in names)
         ids: list = []
         adopt = []
         for name in sorted(n for n in names if n.endswith(_ENTRY)):
             record, event_ids = decode_entry(self._storage.read(name))
             if name[:-len(_ENTRY)] + _MARK not in names:
-                if self._storage.public_name(record["path"]) in self._reported():
+                path = self._storage.public_name(record["path"])
+                if path not in self._reported() and not fresh:
+                    self._reported_paths, fresh = None, True
+                if path in self._reported():
                     self._storage.put_if_absent(name[:-len(_ENTRY)] + _MARK, b"", {})
                 elif self._abandoned(record.pop("writer", {})):
                     adopt.append(record)
@@ -127,16 +137,32 @@ class Ledger:
         self._ids[partition] = pa.concat_arrays(ids) if ids else _NO_IDS
         return self._ids[partition], adopt
 
-    def record(self, partition: str, batch: str, record: dict, event_ids) -> None:
-        """After a file is published: its entry (create-if-absent: a retry finds it written)."""
+    def record(self, partition: str, batch: str, record: dict, event_ids) -> bool:
+        """After a file is published: its entry (create-if-absent: a retry finds it written). Returns whether
+        this run's report lists the file: not when another run wrote the entry and that run has listed it, or
+        still runs and will (two runs of the same input at once cut the same files; one report lists each)."""
         from transforms.coders import process_identity
 
         writer = {"run": self._run_id, "host": socket.gethostname(), "process": process_identity(os.getpid()),
                   "at": time.time()}
-        self._storage.put_if_absent(entry_name(partition, batch), encode_entry({**record, "writer": writer},
-                                                                                event_ids), {})
+        name = entry_name(partition, batch)
+        if self._storage.put_if_absent(name, encode_entry({**record, "writer": writer}, event_ids), {}) or \
+                self.unavailable:
+            return True
         # Not added to what ``delivered`` subtracts: a retried bundle must cut its events into the very same
         # batches (found already there, and listed in this run's report), not around them.
+        try:
+            theirs = decode_entry(self._storage.read(name))[0].get("writer", {})
+            if theirs.get("run") == self._run_id:
+                return True
+            if self._storage.lookup(marker_name(partition, batch)) is not None:
+                return False
+            self._reported_paths = None  # read again: the other run may have reported since
+            if self._storage.public_name(record["path"]) in self._reported():
+                return False
+        except (LookupDenied, PermissionError):
+            return True  # no reading allowed: delivered by names alone (the run's summary says so)
+        return self._abandoned(theirs)  # adopted: its run stopped before reporting it
 
     def _abandoned(self, writer: dict) -> bool:
         """Whether the run that wrote an unreported entry is over (see the module docstring)."""

@@ -479,6 +479,7 @@ class _WritePartitionFn(beam.DoFn):
         self._already = Metrics.counter(deadletter.NAMESPACE, f"{self._iid}.already_delivered")
         self._differs = Metrics.counter(deadletter.NAMESPACE, f"{self._iid}.files_differ")
         self._adopted = Metrics.counter(deadletter.NAMESPACE, f"{self._iid}.files_adopted")
+        self._concurrent = Metrics.counter(deadletter.NAMESPACE, f"{self._iid}.files_of_concurrent_run")
         self._ledger_unavailable = Metrics.counter(deadletter.NAMESPACE, f"{self._iid}.ledger_unavailable")
         self._ledgers: dict[str, ledger.Ledger] = {}
         self._template = partitioning.parse_template(c.partition_by)
@@ -594,7 +595,8 @@ class _WritePartitionFn(beam.DoFn):
         record["batch"] = batch
         if tenant is not None:
             record["tenant"] = tenant
-        book.record(partition, batch, {k: v for k, v in record.items() if k != "status"}, rows["event_id"])
+        if not book.record(partition, batch, {k: v for k, v in record.items() if k != "status"}, rows["event_id"]):
+            record["status"] = "another_run"  # a concurrent run's file, listed in that run's report
         if c.completes_partitions():
             # The partition has data: remember it and its end (in the destination, so a later run completes
             # it) and how far the delivered data reaches (the watermark completeness is judged by).
@@ -606,6 +608,8 @@ class _WritePartitionFn(beam.DoFn):
             record["max_received_at_us"] = pc.max(rows["received_at"]).value
         self._delivered.inc(rows.num_rows)
         self._files.inc()
+        if record["status"] == "another_run":
+            self._concurrent.inc()
         if record["status"] == "already_present":
             self._present.inc()
             if record.get("differs"):
@@ -754,7 +758,7 @@ class _WriteReportFn(beam.DoFn):
         storage = self._config.open_storage(Route.from_key(route_key))
         # One entry a path: a stopped run's file can be adopted by two workers meeting its partition.
         entries = list({f["path"]: {k: v for k, v in f.items() if k not in ("route", "max_received_at_us")}
-                        for f in files}.values())
+                        for f in files if f["status"] != "another_run"}.values())
         report = commit.write_report(storage, self._iid, self._vendor, entries,
                                      created_at=format_us(deadletter.now_us()))
         if report is not None:
