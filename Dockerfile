@@ -10,7 +10,7 @@ COPY --from=gcr.io/dataflow-templates-base/python311-template-launcher-base:late
      /opt/google/dataflow/python_template_launcher /opt/google/dataflow/python_template_launcher
 
 WORKDIR /opt/beamhouse
-COPY setup.py README.md ./
+COPY setup.py pyproject.toml README.md LICENSE ./
 COPY pipelines pipelines
 COPY transforms transforms
 RUN pip install --no-cache-dir .

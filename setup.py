@@ -34,6 +34,7 @@ EXTRAS = {
     "test": [
         "pytest>=8",
         "pytest-timeout>=2.3",
+        "ruff>=0.8,<1",  # lint settings in pyproject.toml, run by tests/unit/test_hygiene.py
         "hypothesis>=6.100",
         "sqlglot>=25",
         # Local servers the tests start (tests/servers): S3 and KMS, and GCS.

@@ -8,7 +8,7 @@ first tries to download Prism). Any Beam option may be added (``--runner``, ``--
 
 Exit status: 0 success, 2 configuration error (every problem listed), 1 failed run.
 """
-# ruff: noqa: E402 - the imports below come after the workers' start on purpose
+
 from __future__ import annotations
 
 import gc
@@ -36,15 +36,14 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from pipelines import cli, local_runner
 from pipelines.options import DeliveryOptions
-from transforms import accounting, coders, secrets
-from transforms.dedup import DeduplicateEvents
+from transforms import accounting, coders, secrets, streaming
 from transforms.deadletter import WriteDeadLetters
+from transforms.dedup import DeduplicateEvents
 from transforms.integrations import load_integrations
 from transforms.parse import MAX_NESTING_DEPTH, ParseEvents, ParseSettings
 from transforms.read import ReadLineBlocks, timed_lines
 from transforms.routing import PrepareForIntegration
 from transforms.sinks import REGISTRY
-from transforms import streaming
 from transforms.streaming import BatchByInterval, DeduplicateStream, ReadStream
 
 DEFAULT_BATCH_RUNNER = "FnApiRunner"
@@ -268,7 +267,7 @@ def run(argv=None) -> int:
                       "totals need not balance)")
                 print(accounting.format_summary(summary))
                 return 0
-    except Exception as exc:  # noqa: BLE001 - report and exit 1; the traceback goes to the debug log
+    except Exception as exc:
         log.debug("run failed", exc_info=True)
         print(f"run failed: {type(exc).__name__}: {secrets.redact(str(exc))}", file=sys.stderr)
         return 1

@@ -12,7 +12,7 @@ selection apply again, and the events are written with the export's format, part
 ``--output`` (a path or ``s3://``/``gs://`` URL for ``files``/``s3``/``gcs``; a folder on the same server for
 ``sftp``), with its own delivery reports. Exit status: 0, 2 on configuration errors, 1 on a failed run.
 """
-# ruff: noqa: E402 - the imports below come after the workers' start on purpose
+
 from __future__ import annotations
 
 import sys
@@ -184,7 +184,7 @@ def run(argv=None) -> int:
             dead = (read.dead_letters, written["dead_letters"]) | "DeadLetters" >> beam.Flatten()
             dead | "WriteDeadLetters" >> WriteDeadLetters(args.dead_letter)
         result = p.result
-    except Exception as exc:  # noqa: BLE001 - report and exit 1
+    except Exception as exc:
         logging.getLogger("beamhouse").debug("regeneration failed", exc_info=True)
         print(f"run failed: {type(exc).__name__}: {secrets.redact(str(exc))}", file=sys.stderr)
         return 1

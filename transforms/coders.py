@@ -50,6 +50,7 @@ import pyarrow as pa
 from apache_beam import coders
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+
 class TableForm(typing.NamedTuple):
     """How a table is compressed: ``codec`` per buffer for large tables, one ``codec`` frame over the
     whole message (marked by ``magic``) for small ones."""
@@ -170,7 +171,7 @@ def spill_options_error(options: PipelineOptions) -> str | None:
     return None
 
 
-_SPILL_DIRS: "weakref.WeakKeyDictionary[beam.Pipeline, str]" = weakref.WeakKeyDictionary()
+_SPILL_DIRS: weakref.WeakKeyDictionary[beam.Pipeline, str] = weakref.WeakKeyDictionary()
 
 
 def spill_shuffles(pipeline: beam.Pipeline, directory: str) -> None:
@@ -306,6 +307,6 @@ class GroupTablesByKey(beam.PTransform):
             encode, decode = beam.ParDo(_SpillFn(directory)), beam.ParDo(_UnspillFn(directory))
             crossing = str
         return (keyed_tables
-                | "Encode" >> encode.with_output_types(typing.Tuple[typing.Any, crossing])
+                | "Encode" >> encode.with_output_types(tuple[typing.Any, crossing])
                 | "Group" >> beam.GroupByKey()
-                | "Decode" >> decode.with_output_types(typing.Tuple[typing.Any, typing.List[pa.Table]]))
+                | "Decode" >> decode.with_output_types(tuple[typing.Any, list[pa.Table]]))

@@ -30,7 +30,7 @@ import os
 import re
 import time
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 import orjson
 from apache_beam.io.filesystems import FileSystems

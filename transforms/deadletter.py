@@ -13,8 +13,6 @@ import base64
 import hashlib
 import time
 
-import typing
-
 import apache_beam as beam
 import orjson
 import pyarrow as pa
@@ -144,6 +142,6 @@ class WriteDeadLetters(beam.PTransform):
         return (records
                 | "BatchDeadLetters" >> beam.BatchElements(min_batch_size=1000, max_batch_size=10_000)
                 | "DeadLetterTables" >> beam.Map(lambda batch: (0, _as_table(batch))).with_output_types(
-                    typing.Tuple[int, pa.Table])
+                    tuple[int, pa.Table])
                 | "CollectDeadLetters" >> coders.GroupTablesByKey()
                 | "WriteDeadLetterFiles" >> beam.ParDo(_WriteDeadLetterFilesFn(self._path)))

@@ -58,7 +58,7 @@ class PropertySelection(BaseModel):
     exclude: list[str] | None = None
 
     @model_validator(mode="after")
-    def _one_of(self) -> "PropertySelection":
+    def _one_of(self) -> PropertySelection:
         if (self.include is None) == (self.exclude is None):
             raise ValueError("give exactly one of 'include' or 'exclude'")
         for path in self.include or self.exclude or []:
@@ -96,7 +96,7 @@ class BaseDestinationConfig(BaseModel):
         when the vendor does not say. Vendor models override it."""
         return None
 
-    def integration_problems(self, integration: "Integration") -> list[tuple[str, str]]:
+    def integration_problems(self, integration: Integration) -> list[tuple[str, str]]:
         """Problems of this config together with its integration's own fields (``source_id``...), as
         ``(field, message)`` pairs; e.g. a value the destination's columns cannot hold. Vendors override it."""
         return []
@@ -114,7 +114,7 @@ class Integration(BaseModel):
     config: Any
 
     @model_validator(mode="after")
-    def _derive_id(self) -> "Integration":
+    def _derive_id(self) -> Integration:
         if self.integration_id is None:
             self.integration_id = derive_integration_id(self.name)
         elif not _INTEGRATION_ID.match(self.integration_id):

@@ -13,10 +13,9 @@ browsers do); integers beyond the 64-bit range become floats; blank lines are co
 from __future__ import annotations
 
 import logging
-import typing
 import zlib
-from itertools import repeat
 from dataclasses import dataclass
+from itertools import repeat
 
 import apache_beam as beam
 import numpy as np
@@ -571,4 +570,4 @@ class ParseEvents(beam.PTransform):
             lines = lines | "BatchLines" >> beam.BatchElements(
                 min_batch_size=self._min_batch, max_batch_size=self._max_batch)
         return lines | "ParseAndNormalise" >> beam.ParDo(_ParseBatchFn(self._settings)).with_output_types(
-            typing.Tuple[int, pa.Table]).with_outputs(DEAD_LETTERS, main="events")
+            tuple[int, pa.Table]).with_outputs(DEAD_LETTERS, main="events")

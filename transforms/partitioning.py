@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
 from urllib.parse import unquote
 
 DEFAULT_TEMPLATE = "year={yyyy}/month={MM}/day={dd}/hour={HH}"
@@ -126,7 +126,7 @@ def encode_path_value(value: str) -> str:
         if b in _SAFE and not (i == 0 and b == 0x5F):
             out.append(chr(b))
         else:
-            out.append("%%%02X" % b)
+            out.append(f"%{b:02X}")
     encoded = "".join(out)
     if len(encoded) > MAX_COMPONENT_BYTES:
         raise InvalidPartitionValue(f"value is longer than {MAX_COMPONENT_BYTES} bytes once encoded")

@@ -60,7 +60,7 @@ class Retention(BaseModel):
     delete_after_days: int | None = Field(None, ge=1, le=36_500)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Retention":
+    def _consistent(self) -> Retention:
         if (self.archive_after_days is None) != (self.archive_storage_class is None):
             raise ValueError("archive_after_days and archive_storage_class go together")
         if self.archive_after_days is None and self.delete_after_days is None:
@@ -99,7 +99,7 @@ class Residency(BaseModel):
     regions: dict[str, RouteOverride] = Field(default_factory=dict, description="region -> route")
 
     @model_validator(mode="after")
-    def _known_regions(self) -> "Residency":
+    def _known_regions(self) -> Residency:
         missing = sorted({r for r in self.tenants.values() if r not in self.regions})
         if missing:
             raise ValueError(f"residency.tenants names regions without a route in residency.regions: {missing}")
@@ -141,7 +141,7 @@ class Route:
         return orjson.dumps(asdict(self), option=orjson.OPT_SORT_KEYS).decode()
 
     @staticmethod
-    def from_key(key: str) -> "Route":
+    def from_key(key: str) -> Route:
         return Route(**orjson.loads(key))
 
 

@@ -13,8 +13,8 @@ Sources (each yields raw lines, ``bytes``, stamped with their arrival time by th
 Then, per event:
 
 - lateness: an event whose ``timestamp`` is more than ``allowed_lateness_seconds`` before its ``received_at``
-  (when it reached the collector, or the pipeline when it carries none) is a ``too_late`` dead letter (never dropped silently); anything within it is delivered to the partition of its
-  event time, as a new file of that partition;
+  (when it reached the collector, or the pipeline when it carries none) is a ``too_late`` dead letter (never
+  dropped silently); anything within it is delivered to the partition of its event time, as a new file of that partition;
 - de-duplication by ``event_id`` within ``dedup_window_seconds`` (default 24 hours): state per id, cleared
   by a timer when the window has passed, so state stays bounded by the ids of one window;
 - batching per integration (``GroupIntoBatches``): a batch is delivered once ``batch_size`` events are
@@ -23,8 +23,6 @@ Then, per event:
   reports) as one firing (``Repeatedly(AfterCount(1))``), so each sink writes its batches as they come.
 """
 from __future__ import annotations
-
-import typing
 
 import apache_beam as beam
 import numpy as np
@@ -169,7 +167,7 @@ class DeduplicateStream(beam.PTransform):
 
     def expand(self, keyed_tables):
         exploded = keyed_tables | "Explode" >> beam.ParDo(_ExplodeFn(self._lateness, self._source)).with_output_types(
-            typing.Tuple[str, pa.Table]).with_outputs(DEAD_LETTERS, main="events")
+            tuple[str, pa.Table]).with_outputs(DEAD_LETTERS, main="events")
         unique = exploded.events | "DropDuplicates" >> beam.ParDo(_DedupFn(self._window)).with_output_types(pa.Table)
         return {"events": unique, DEAD_LETTERS: exploded[DEAD_LETTERS]}
 
@@ -189,7 +187,7 @@ class BatchByInterval(beam.PTransform):
         kwargs = {"clock": self._clock} if self._clock is not None else {}
         return (tables
                 # One key: batch_size and the interval count the integration's events, not a shard's.
-                | "KeyOnce" >> beam.Map(lambda t: (0, t)).with_output_types(typing.Tuple[int, pa.Table])
+                | "KeyOnce" >> beam.Map(lambda t: (0, t)).with_output_types(tuple[int, pa.Table])
                 | "GroupIntoBatches" >> beam.GroupIntoBatches(self._size, max_buffering_duration_secs=self._interval,
                                                               **kwargs)
                 | "ConcatBatch" >> beam.FlatMapTuple(_concat_pane).with_output_types(pa.Table)

@@ -8,8 +8,7 @@ import shutil
 import orjson
 
 from tests.eventgen import generate
-from tests.guarantees.invariants import (check_conservation, check_no_duplicate, check_report_integrity, deliver,
-                                         reports, rows_of)
+from tests.guarantees.invariants import check_conservation, check_no_duplicate, check_report_integrity, deliver, reports, rows_of
 from transforms import ledger
 
 

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from tests.eventgen import generate
-from tests.guarantees.invariants import (check_conservation, check_no_duplicate, dead_letters, deliver)
+from tests.guarantees.invariants import check_conservation, check_no_duplicate, dead_letters, deliver
 
 
 def _config(root):

@@ -14,7 +14,8 @@ pytestmark = pytest.mark.timeout(600)
 
 
 def lake_ids(root):
-    return sorted(orjson.loads(x)["event_id"] for p in root.rglob("*.json.gz") for x in gzip.decompress(p.read_bytes()).splitlines())
+    return sorted(orjson.loads(x)["event_id"] for p in root.rglob("*.json.gz")
+                  for x in gzip.decompress(p.read_bytes()).splitlines())
 
 
 def test_portable_runner_delivers_what_the_direct_runner_delivers(tmp_path, job_service):

@@ -4,7 +4,6 @@ from decimal import Decimal
 
 import orjson
 import pyarrow.parquet as pq
-import pytest
 
 from pipelines import deliver
 from tests.servers.capture import CaptureServer
@@ -129,7 +128,8 @@ def test_statsig_mark_data_ready_call(tmp_path, monkeypatch):
                  event(2, "2026-01-29T09:00:00Z", "2026-01-29T09:00:01Z")]
         run(tmp_path / "r", lines, config)
         calls = [r for r in server.requests if r.path == "/v1/mark_data_ready"]
-    assert len(calls) == 1 and {k.lower(): v for k, v in calls[0].headers.items()}["statsig-api-key"] == "secret-statsig-server-key"
+    headers = {k.lower(): v for k, v in calls[0].headers.items()}
+    assert len(calls) == 1 and headers["statsig-api-key"] == "secret-statsig-server-key"
     assert orjson.loads(calls[0].body) == {"timestamp": 1769673600, "type": "metrics"}  # end of the 28th, Pacific
     assert not (tmp_path / "out" / "signals").exists()
     assert b"secret-statsig-server-key" not in (tmp_path / "r" / "summary.json").read_bytes()

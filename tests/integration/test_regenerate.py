@@ -67,7 +67,7 @@ def test_regenerating_a_day_reproduces_the_live_export(tmp_path):
     assert max(Counter(r["event_id"] for r in live).values()) > 1  # the live export got the re-sent events again
     out = tmp_path / "regen"
     code = regenerate.run([f"--integrations={tmp_path / 'i.json'}", f"--from={DAY}T00:00:00Z",
-                           f"--to=2026-01-30T00:00:00Z", f"--output={out}", f"--summary={tmp_path / 's.json'}",
+                           "--to=2026-01-30T00:00:00Z", f"--output={out}", f"--summary={tmp_path / 's.json'}",
                            f"--dead_letter={tmp_path / 'regen_dead'}", RUNNER])
     assert code == 0
     regen = csv_events(out)
@@ -109,7 +109,8 @@ def test_regeneration_into_an_sftp_folder(tmp_path, monkeypatch):
             out = []
             for name in sorted(os.listdir(root / folder)):
                 if name.endswith(".json.gz") and name.startswith(f"myExport_{DAY}_"):
-                    out += [orjson.loads(x)["event_id"] for x in gzip.decompress((root / folder / name).read_bytes()).splitlines()]
+                    data = gzip.decompress((root / folder / name).read_bytes())
+                    out += [orjson.loads(x)["event_id"] for x in data.splitlines()]
             return out
 
         regen = events("regen")

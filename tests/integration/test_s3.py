@@ -319,7 +319,7 @@ def test_seed002_quarter_hours_and_daily(lake):
     rows = con.execute(f"""SELECT event_id, "timestamp", date, hour, min FROM read_csv('{mirror}/**/*.csv.gz',
                            delim=';', header=true, hive_partitioning=true)""").fetchall()
     assert len(rows) == len(truth["unique"]) + len(EVIL_TENANTS)
-    for event_id, ts, date, hour, minute in rows:
+    for _event_id, ts, date, hour, minute in rows:
         start = int(str(minute)[:2])
         assert str(date) == ts.strftime("%Y-%m-%d") and int(hour) == ts.hour and start <= ts.minute < start + 15
 

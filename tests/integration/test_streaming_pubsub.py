@@ -21,7 +21,7 @@ from transforms.parse import ParseSettings
 from transforms.streaming import ReadStream
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
-from publish_pubsub import publish  # noqa: E402 - the README's quickstart publisher
+from publish_pubsub import publish
 
 pytestmark = pytest.mark.timeout(600)
 PROJECT = "test-proj"

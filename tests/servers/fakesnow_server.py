@@ -91,9 +91,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     install()
-    import uvicorn
-
     import fakesnow.server
+    import uvicorn
 
     uvicorn.run(fakesnow.server.app, host="127.0.0.1", port=args.port, log_level="warning")
 

@@ -86,7 +86,7 @@ class SFTPTestServer:
         self.port = self._server.sockets[0].getsockname()[1]
         self._ready.set()
 
-    def start(self) -> "SFTPTestServer":
+    def start(self) -> SFTPTestServer:
         def run():
             asyncio.set_event_loop(self._loop)
             self._loop.run_until_complete(self._listen())

@@ -112,7 +112,8 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers(-100, 100) | 
                            lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.text(max_size=3), inner, max_size=2),
                            max_leaves=4)
 objects = st.one_of(st.none(), st.dictionaries(st.sampled_from(["name", "category", "group_id", "previous_id", "k"]),
-                                               json_values, max_size=3), st.integers(-9, 9), st.lists(st.integers(-9, 9), max_size=1))
+                                               json_values, max_size=3),
+                    st.integers(-9, 9), st.lists(st.integers(-9, 9), max_size=1))
 contexts = st.one_of(st.none(), st.fixed_dictionaries({}, optional={
     "tenant_id": ids, "app_id": ids, "ip": st.text(max_size=3),
     "consent": st.one_of(st.none(), st.lists(st.booleans(), max_size=1), st.dictionaries(

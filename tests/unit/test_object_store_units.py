@@ -23,7 +23,8 @@ def routing(**kw) -> Routing:
 
 def test_resolution_order_type_then_residency_then_tenant():
     r = routing(by_type={"otel": {"bucket": "otel-lake"}},
-                residency={"tenants": {"eu1": "eu-west-1"}, "regions": {"eu-west-1": {"bucket": "lake-eu", "kms_key_id": "k-eu"}}},
+                residency={"tenants": {"eu1": "eu-west-1"},
+                           "regions": {"eu-west-1": {"bucket": "lake-eu", "kms_key_id": "k-eu"}}},
                 tenants={"eu1": {"prefix": "eu1/"}, "acme": {"kms_key_id": "k-acme"}})
     assert routes.resolve(BASE, r, "new-tenant", "segment") == Route("lake", "events/", "us-east-1", "k-default")
     assert routes.resolve(BASE, r, "new-tenant", "otel") == Route("otel-lake", "events/", "us-east-1", "k-default")
@@ -69,7 +70,8 @@ def test_prefix_normalisation():
 def test_secret_references_masking_and_redaction(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("BH_TEST_SECRET", "s3cr3t-from-env")
     (tmp_path / "key").write_text("s3cr3t-from-file\n")
-    env, file, inline = secrets.Secret("env:BH_TEST_SECRET"), secrets.Secret(f"file:{tmp_path / 'key'}"), secrets.Secret("inline-s3cr3t")
+    env, file = secrets.Secret("env:BH_TEST_SECRET"), secrets.Secret(f"file:{tmp_path / 'key'}")
+    inline = secrets.Secret("inline-s3cr3t")
     assert (env.get(), file.get(), inline.get()) == ("s3cr3t-from-env", "s3cr3t-from-file", "inline-s3cr3t")
     assert "inline-s3cr3t" not in repr(inline) and "inline-s3cr3t" not in str(inline)
     assert repr(env) == "Secret(env:BH_TEST_SECRET)"
@@ -214,7 +216,7 @@ def test_apportion_sums_exactly():
 
 
 def test_bigquery_request_chunks_respect_rows_and_bytes():
-    from transforms.sinks.bigquery import chunk_rows, schema_problems, SCHEMA
+    from transforms.sinks.bigquery import SCHEMA, chunk_rows, schema_problems
 
     rows = [{}] * 10
     assert chunk_rows(rows, [10] * 10, max_rows=4, max_bytes=10**6) == [(0, 4), (4, 8), (8, 10)]

@@ -41,7 +41,7 @@ def test_many_partitions_cross_in_a_bounded_number_of_elements_and_come_back_who
     out = [o for o in out if isinstance(o, tuple)]
     assert len(out) <= WRITE_GROUPS
     seen = {}
-    for (route, group), rows in out:
+    for (_route, _group), rows in out:
         for partition, tenant, part in split_destinations(rows, "timestamp"):
             assert (partition, tenant) not in seen  # a partition lives in one write group
             assert tenant == partition.split("/")[0].removeprefix("tenant_id=")

@@ -4,8 +4,8 @@ building a Python dict per event and walking it.
 Each line is decoded twice by msgspec, both times in C with no dict built: once into ``_Event`` (only
 the known top-level keys, with their types and lengths checked; ``context``/``properties``/``traits``
 kept as the JSON text sent), once into a small "probe" holding just the values read for decisions
-(tenant, app, consent flags, the properties that top-level fields such as a page's ``name`` move into). ``BulkNormaliser.run`` then checks
-and converts whole columns (timestamps by Arrow, windows by numpy).
+(tenant, app, consent flags, the properties that top-level fields such as a page's ``name`` move into).
+``BulkNormaliser.run`` then checks and converts whole columns (timestamps by Arrow, windows by numpy).
 
 It *accepts only* events whose handling is obvious. Anything else - an unknown top-level key, a null or
 non-string ``messageId``, a wrong type, a timestamp form Arrow does not parse,
@@ -28,8 +28,13 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from transforms.dialects.segment import (_MOVED_TO_PROPERTIES, FIXED_EVENT_NAMES, MAX_ID_LENGTH, TRAITS_FROM_CONTEXT,
-                                         derive_event_id)
+from transforms.dialects.segment import (
+    _MOVED_TO_PROPERTIES,
+    FIXED_EVENT_NAMES,
+    MAX_ID_LENGTH,
+    TRAITS_FROM_CONTEXT,
+    derive_event_id,
+)
 from transforms.timestamps import MAX_US, MIN_US, parse_timestamp_us
 
 NO_JSON = msgspec.Raw(b"null")  # the default of an absent JSON column (compared by identity)

@@ -219,7 +219,7 @@ def _entities(fields: dict) -> list[tuple[str | None, object]]:
         if isinstance(value, dict) and isinstance(value.get("data"), list):
             out += [(_schema_name(e.get("schema")), e.get("data")) for e in value["data"] if isinstance(e, dict)]
     for key, value in fields.items():
-        if (key.startswith("contexts_") or key.startswith("derived_contexts_")) and isinstance(value, list):
+        if key.startswith(("contexts_", "derived_contexts_")) and isinstance(value, list):
             name = key.split("_", 1)[1].rsplit("_", 1)[0]  # vendor_name (JSON form loses the exact split)
             out += [(name, data) for data in value]
     return out

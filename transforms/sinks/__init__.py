@@ -3,8 +3,8 @@ transform. A write transform takes prepared event batches and returns ``{"files"
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from transforms.sinks import bigquery as bigquery_sink
 from transforms.sinks import duckdb as duckdb_sink

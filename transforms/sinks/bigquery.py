@@ -37,7 +37,8 @@ from __future__ import annotations
 
 import re
 import threading
-from typing import Iterable, Literal
+from collections.abc import Iterable
+from typing import Literal
 
 import apache_beam as beam
 import orjson

@@ -137,8 +137,6 @@ class _LoadIntoDuckDBFn(beam.DoFn):
         self._config = config
 
     def process(self, encoded_tables):
-        import duckdb
-
         c = self._config
         tables = [coders.decode_table(data) for data in encoded_tables]
         staged = _naive_utc(pa.concat_tables(tables)) if tables else None

@@ -35,9 +35,9 @@ from transforms import coders, commit, deadletter, formats, ledger, partitioning
 from transforms.integrations import BaseDestinationConfig
 from transforms.profiles import hackle as hackle_profile
 from transforms.profiles import statsig as statsig_profile
-from transforms.secrets import SecretField
 from transforms.profiles.warehouse import to_warehouse
 from transforms.routes import Route, UnknownTenant
+from transforms.secrets import SecretField
 
 DEAD_LETTERS = "dead_letters"
 NO_TENANT = "(none)"  # how events without a tenant appear in usage metrics
@@ -782,7 +782,7 @@ class WriteEventsToFiles(beam.PTransform):
         integ = self._integration
         keyed = tables | "KeyByPartition" >> beam.ParDo(
             _KeyByPartitionFn(integ.integration_id, integ.config)).with_output_types(
-            typing.Tuple[typing.Any, pa.Table]).with_outputs(DEAD_LETTERS, main="rows")
+            tuple[typing.Any, pa.Table]).with_outputs(DEAD_LETTERS, main="rows")
         written = (keyed.rows
                    | "GroupByPartition" >> coders.GroupTablesByKey()
                    | "WritePartitionFiles" >> beam.ParDo(

@@ -14,9 +14,8 @@ service agent on CMEK keys); ``storage.objects.get`` is needed only for file nam
 """
 from __future__ import annotations
 
-import typing
-
 import threading
+import typing
 
 from pydantic import Field
 
@@ -45,7 +44,7 @@ class GCSConfig(ObjectStoreConfig):
         return {"endpoint_url": self.endpoint_url, "service_account_json": self.service_account_json,
                 "project_id": self.project_id, "max_attempts": self.max_attempts}
 
-    def open_storage(self, route: Route) -> "GCSStorage":
+    def open_storage(self, route: Route) -> GCSStorage:
         return GCSStorage(route.bucket, route.prefix, kms_key_name=route.kms_key, **self.connection())
 
     # No key_problem check before writing: Cloud KMS key state needs the KMS API, and GCS itself refuses a

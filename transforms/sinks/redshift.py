@@ -386,7 +386,7 @@ class RedshiftLoader:
             self._run(record_load_sql(c.schema_name), (lid, target, manifest_url, rows, inserted))
             self._run(drop_stage_sql(stage))
             con.commit()
-        except Exception as exc:  # noqa: BLE001 - rolled back whatever failed; data errors are isolated
+        except Exception as exc:
             try:
                 con.rollback()
             except Exception:  # noqa: BLE001 - the connection may be gone; the server rolls back

@@ -16,12 +16,11 @@ lets the writer refuse a disabled key before trying it.
 """
 from __future__ import annotations
 
-import contextlib
-import typing
-
 import base64
+import contextlib
 import hashlib
 import threading
+import typing
 
 from pydantic import Field, model_validator
 
@@ -29,7 +28,6 @@ from transforms import commit
 from transforms.routes import Route
 from transforms.secrets import SecretField, redact
 from transforms.sinks.objectstore import ObjectStoreConfig
-
 
 CONTENT_TYPES = {".parquet": "application/vnd.apache.parquet", ".gz": "application/gzip",
                  ".zst": "application/zstd", ".json": "application/x-ndjson", ".csv": "text/csv"}
@@ -66,7 +64,7 @@ class S3Config(ObjectStoreConfig):
                 "secret_access_key": self.secret_access_key, "session_token": self.session_token,
                 "max_attempts": self.max_attempts}
 
-    def open_storage(self, route: Route) -> "S3Storage":
+    def open_storage(self, route: Route) -> S3Storage:
         return S3Storage(route.bucket, route.prefix, region=route.region or self.region,
                          kms_key_id=route.kms_key, **self.connection())
 

@@ -95,7 +95,7 @@ class SFTPConfig(FileOutputConfig):
             raise ValueError("sftp: completion_marker and the statsig profile need a files, s3 or gcs destination")
         return self
 
-    def open_storage(self, route: Route) -> "SFTPStorage":
+    def open_storage(self, route: Route) -> SFTPStorage:
         return SFTPStorage(self)
 
     def preflight(self) -> list[str]:

@@ -218,7 +218,7 @@ class WriteStagedLoads(beam.PTransform):
         integ = self._integration
         loads = (tables
                  | "ToWarehouseRows" >> beam.Map(to_warehouse).with_output_types(pa.Table)
-                 | "KeyByDay" >> beam.ParDo(_KeyByDayFn()).with_output_types(typing.Tuple[str, pa.Table])
+                 | "KeyByDay" >> beam.ParDo(_KeyByDayFn()).with_output_types(tuple[str, pa.Table])
                  | "GroupByDay" >> coders.GroupTablesByKey()
                  | "StageAndLoad" >> beam.ParDo(_LoadDayFn(integ.integration_id, integ.config, self._open_loader,
                                                            self._format)).with_outputs(DEAD_LETTERS, main="loads"))
