@@ -163,7 +163,7 @@ def apply(integrations, rules: list[LifecycleRule]) -> None:
 def _apply_s3(config, iid: str, bucket: str, rules: list[LifecycleRule]) -> None:
     from botocore.exceptions import ClientError
 
-    from transforms.sinks.s3 import client
+    from transforms.storage.s3 import client
 
     s3 = client("s3", config.region, **config.connection())
     try:
@@ -177,7 +177,7 @@ def _apply_s3(config, iid: str, bucket: str, rules: list[LifecycleRule]) -> None
 
 
 def _apply_gcs(config, bucket: str, rules: list[LifecycleRule]) -> None:
-    from transforms.sinks.gcs import client
+    from transforms.storage.gcs import client
 
     gcs_bucket = client(config.endpoint_url, config.service_account_json, config.project_id).get_bucket(bucket)
     ours = [g for r in rules for g in gcs_rules(r)]

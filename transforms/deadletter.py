@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
 from transforms import coders, commit
+from transforms.storage import storage_for
 from transforms.timestamps import format_us
 
 NAMESPACE = "beamhouse"
@@ -114,7 +115,7 @@ class _WriteDeadLetterFilesFn(beam.DoFn):
         if not table.num_rows:
             return
         table = table.take(pc.sort_indices(table, sort_keys=[("digest", "ascending"), ("line", "ascending")]))
-        storage = commit.storage_for(self._root)
+        storage = storage_for(self._root)
         for start in range(0, table.num_rows, RECORDS_PER_FILE):
             chunk = table.slice(start, RECORDS_PER_FILE)
             data = b"\n".join(chunk["line"].to_pylist()) + b"\n"

@@ -42,7 +42,7 @@ import time
 import orjson
 import pyarrow as pa
 
-from transforms.commit import LookupDenied
+from transforms.storage import LookupDenied
 
 LEDGER_DIR = "_ledger"
 _ENTRY, _MARK = ".ids", ".reported"

@@ -14,7 +14,8 @@ import orjson
 
 from tests.eventgen import generate
 from tests.guarantees.invariants import REPO, check_conservation, check_no_duplicate, deliver
-from transforms import coders, commit
+from transforms import coders
+from transforms.storage.local import STALE_TMP_SECONDS, TMP_DIR
 
 
 def _config(root):
@@ -57,14 +58,14 @@ def test_stale_temporary_files_are_swept_and_fresh_ones_kept(tmp_path):
     lines = generate(50, seed=42, bad=False)[0]
     (tmp_path / "in.ndjson").write_bytes(b"\n".join(lines) + b"\n")
     (tmp_path / "i.json").write_bytes(orjson.dumps(_config(tmp_path)))
-    tmp_dir = tmp_path / "lake" / commit.TMP_DIR
+    tmp_dir = tmp_path / "lake" / TMP_DIR
     tmp_dir.mkdir(parents=True)
     stale = tmp_dir / f"events-1-ab.parquet.tmp-{uuid.uuid4().hex}"
     fresh = tmp_dir / f"events-2-cd.parquet.tmp-{uuid.uuid4().hex}"  # a concurrent run's, being written
     other = tmp_dir / "notes.txt"
     for f in (stale, fresh, other):
         f.write_bytes(b"partial")
-    old = time.time() - commit.STALE_TMP_SECONDS - 60
+    old = time.time() - STALE_TMP_SECONDS - 60
     os.utime(stale, (old, old))
     os.utime(other, (old, old))
     done = deliver(f"--integrations={tmp_path / 'i.json'}", f"--input={tmp_path / 'in.ndjson'}",

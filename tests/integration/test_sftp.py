@@ -18,7 +18,7 @@ import pytest
 from pipelines import deliver
 from tests.eventgen import consented_ids, generate, prepare_run
 from tests.servers.sftp_server import SFTPTestServer
-from transforms.sinks.sftp import flat_name
+from transforms.storage.sftp import flat_name
 
 RUNNER = "--runner=FnApiRunner"
 PASSWORD = "sftp-Passw0rd-for-tests"

@@ -10,6 +10,8 @@ import pytest
 
 from transforms import commit, formats, partitioning
 from transforms.profiles.warehouse import SCHEMA
+from transforms.storage import storage_for
+from transforms.storage.local import TMP_DIR
 
 ROW = {"event_id": "e1", "type": "track", "event": "=HYPERLINK(\"x\")", "anonymous_id": "a", "user_id": None,
        "timestamp": 1769697000_000001, "received_at": 1769697000_000002, "sent_at": None,
@@ -52,17 +54,17 @@ def test_extensions():
 
 
 def test_publish_never_overwrites(tmp_path):
-    storage = commit.storage_for(str(tmp_path))
+    storage = storage_for(str(tmp_path))
     first = commit.publish_bytes(storage, "p=1/a.json", b"one\n", records=1)
     second = commit.publish_bytes(storage, "p=1/a.json", b"two, different\n", records=1)
     assert first["status"] == "published" and second["status"] == "already_present"
     assert (tmp_path / "p=1" / "a.json").read_bytes() == b"one\n"
     assert second["sha256"] == first["sha256"] and second["bytes"] == 4
-    assert os.listdir(tmp_path / commit.TMP_DIR) == []  # temp files removed either way
+    assert os.listdir(tmp_path / TMP_DIR) == []  # temp files removed either way
 
 
 def test_publish_failure_raises(tmp_path):
-    storage = commit.storage_for(str(tmp_path))
+    storage = storage_for(str(tmp_path))
     (tmp_path / "blocked").write_text("a file where a folder is needed")
     with pytest.raises(commit.PublishError):
         commit.publish_bytes(storage, "blocked/x.json", b"x", records=1)
@@ -72,7 +74,7 @@ def test_publish_failure_raises(tmp_path):
 
 
 def test_report_lists_files_and_is_written_once(tmp_path):
-    storage = commit.storage_for(str(tmp_path))
+    storage = storage_for(str(tmp_path))
     files = [commit.publish_bytes(storage, f"p/{n}.json", n.encode(), records=1, partition="p") for n in "ba"]
     report = commit.write_report(storage, "i", "files", files, created_at="now")
     body = orjson.loads((tmp_path / report["path"]).read_bytes())

@@ -1,5 +1,6 @@
 """The delivery ledger (transforms/ledger.py) against a local destination root, no runner."""
 from transforms import commit, ledger
+from transforms.storage.local import LocalStorage
 
 PARTITION = "dt=2026-01-01/hr=00"
 
@@ -15,7 +16,7 @@ def _publish(storage, book, batch: str, ids: list[str]) -> dict:
 def test_a_running_run_seen_between_its_report_and_its_last_marker_is_subtracted_whole(tmp_path):
     """Markers follow the report one by one: a concurrent run listing the partition meanwhile sees some
     marked. Subtracting only those would re-cut the rest into new batches (the CI failure of stop 34)."""
-    storage = commit.LocalStorage(str(tmp_path))
+    storage = LocalStorage(str(tmp_path))
     other = ledger.Ledger(storage, run_id="first")
     batches = {"b1": ["a", "b"], "b2": ["c", "d"], "b3": ["e"]}
     records = [_publish(storage, other, b, ids) for b, ids in batches.items()]
@@ -36,7 +37,7 @@ def test_a_running_run_seen_between_its_report_and_its_last_marker_is_subtracted
 def test_a_running_runs_unreported_entries_are_left_alone(tmp_path):
     """In flight (no report yet, its process alive): neither subtracted nor adopted, so the same input is
     cut into the same batches and found under the same names."""
-    storage = commit.LocalStorage(str(tmp_path))
+    storage = LocalStorage(str(tmp_path))
     other = ledger.Ledger(storage, run_id="first")
     _publish(storage, other, "b1", ["a", "b"])
     held, adopt = ledger.Ledger(storage, run_id="second").delivered(PARTITION)
@@ -44,7 +45,7 @@ def test_a_running_runs_unreported_entries_are_left_alone(tmp_path):
 
 
 def test_an_over_runs_unreported_file_is_adopted(tmp_path, monkeypatch):
-    storage = commit.LocalStorage(str(tmp_path))
+    storage = LocalStorage(str(tmp_path))
     other = ledger.Ledger(storage, run_id="first")
     monkeypatch.setattr("transforms.coders.process_identity", lambda pid: "1 1")  # the writer as recorded
     record = _publish(storage, other, "b1", ["a"])
@@ -56,7 +57,7 @@ def test_an_over_runs_unreported_file_is_adopted(tmp_path, monkeypatch):
 
 def test_a_file_found_written_by_a_running_run_is_left_to_that_runs_report(tmp_path):
     """Two runs of the same input at once cut the same files: one report lists each (I2 across reports)."""
-    storage = commit.LocalStorage(str(tmp_path))
+    storage = LocalStorage(str(tmp_path))
     first, second = ledger.Ledger(storage, run_id="first"), ledger.Ledger(storage, run_id="second")
     record = {"path": f"{PARTITION}/b1.ndjson", "records": 1, "partition": PARTITION}
     assert first.record(PARTITION, "b1", record, ["a"]) is True
@@ -67,7 +68,7 @@ def test_a_file_found_written_by_a_running_run_is_left_to_that_runs_report(tmp_p
 
 
 def test_a_file_of_a_run_that_stopped_before_its_report_is_listed_by_the_next(tmp_path, monkeypatch):
-    storage = commit.LocalStorage(str(tmp_path))
+    storage = LocalStorage(str(tmp_path))
     monkeypatch.setattr("transforms.coders.process_identity", lambda pid: "1 1")
     record = {"path": f"{PARTITION}/b1.ndjson", "records": 1, "partition": PARTITION}
     ledger.Ledger(storage, run_id="first").record(PARTITION, "b1", record, ["a"])

@@ -13,6 +13,8 @@ from transforms import commit, partitioning, routes, secrets
 from transforms.integrations import validate_integrations
 from transforms.routes import Route, RouteOverride, Routing, UnknownTenant
 from transforms.sinks.files import partition_time_seconds
+from transforms.storage import local as local_storage
+from transforms.storage.local import TMP_DIR, LocalStorage
 
 BASE = RouteOverride(bucket="lake", prefix="events/", region="us-east-1", kms_key="k-default")
 
@@ -181,7 +183,7 @@ def test_time_named_collision_without_read_access_is_a_clear_error():
 
 
 def test_local_time_named_collision(tmp_path):
-    store = commit.LocalStorage(str(tmp_path))
+    store = LocalStorage(str(tmp_path))
     names = lambda n: "p/data_x" + (f"_{n}" if n else "") + ".json"  # noqa: E731
     commit.publish_batch(store, names, b"A", 1, batch="a", content_addressed=False)
     second = commit.publish_batch(store, names, b"B", 1, batch="b", content_addressed=False)
@@ -192,19 +194,19 @@ def test_local_storage_makes_folders_once_and_again_when_removed(tmp_path, monke
     import os
     import shutil
 
-    store = commit.LocalStorage(str(tmp_path))
+    store = LocalStorage(str(tmp_path))
     made = []
     real = os.makedirs
-    monkeypatch.setattr(commit.os, "makedirs", lambda p, **kw: (made.append(p), real(p, **kw))[1])
+    monkeypatch.setattr(local_storage.os, "makedirs", lambda p, **kw: (made.append(p), real(p, **kw))[1])
     for n in range(5):
         assert store.put_if_absent(f"a/b/f{n}", b"x", {})
     # the temp folder and the partition folder once each (makedirs itself also makes the parent "a")
-    assert sorted(made) == sorted(str(tmp_path / p) for p in (commit.TMP_DIR, "a/b", "a"))
+    assert sorted(made) == sorted(str(tmp_path / p) for p in (TMP_DIR, "a/b", "a"))
     assert not store.put_if_absent("a/b/f0", b"y", {}) and (tmp_path / "a" / "b" / "f0").read_bytes() == b"x"
     shutil.rmtree(tmp_path / "a")  # removed underneath (e.g. by a retention job): made again
-    shutil.rmtree(tmp_path / commit.TMP_DIR)
+    shutil.rmtree(tmp_path / TMP_DIR)
     assert store.put_if_absent("a/b/f9", b"z", {}) and (tmp_path / "a" / "b" / "f9").read_bytes() == b"z"
-    assert list((tmp_path / commit.TMP_DIR).iterdir()) == []  # no temp file left behind
+    assert list((tmp_path / TMP_DIR).iterdir()) == []  # no temp file left behind
 
 
 def test_apportion_sums_exactly():

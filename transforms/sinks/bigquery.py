@@ -314,7 +314,7 @@ class _LoadFn(_InsertAllFn):
         try:
             if c.staging_uri:
                 from transforms.commit import publish_bytes
-                from transforms.sinks.gcs import GCSStorage
+                from transforms.storage.gcs import GCSStorage
 
                 bucket, _, prefix = c.staging_uri[5:].partition("/")
                 name = f"{batch}.ndjson"

@@ -38,6 +38,7 @@ from transforms.profiles import statsig as statsig_profile
 from transforms.profiles.warehouse import to_warehouse
 from transforms.routes import Route, UnknownTenant
 from transforms.secrets import SecretField
+from transforms.storage import storage_for
 
 DEAD_LETTERS = "dead_letters"
 NO_TENANT = "(none)"  # how events without a tenant appear in usage metrics
@@ -261,7 +262,7 @@ class FilesConfig(FileOutputConfig):
         return "file://" + os.path.abspath(self.path).rstrip("/") + "/"
 
     def open_storage(self, route: Route):
-        return commit.storage_for(self.path)
+        return storage_for(self.path)
 
 
 def partition_time_seconds(column) -> pa.ChunkedArray:

@@ -116,7 +116,7 @@ class RedshiftConfig(BaseDestinationConfig):
             return [redact(f"{self.schema_name}.{self.table}: {type(exc).__name__}: {error_message(exc)}")]
 
     def storage(self):
-        from transforms.sinks.s3 import S3Storage
+        from transforms.storage.s3 import S3Storage
 
         return S3Storage(self.s3_bucket, self.s3_prefix, region=self.s3_region, endpoint_url=self.s3_endpoint_url,
                          access_key_id=self.s3_access_key_id, secret_access_key=self.s3_secret_access_key,

@@ -368,13 +368,13 @@ class SnowflakeLoader:
         scheme, _, rest = c.stage_url.partition("://")
         bucket, _, prefix = rest.partition("/")
         if scheme == "s3":
-            from transforms.sinks.s3 import S3Storage
+            from transforms.storage.s3 import S3Storage
 
             storage = S3Storage(bucket, prefix, region=c.stage_region, endpoint_url=c.stage_endpoint_url,
                                 access_key_id=c.stage_access_key_id, secret_access_key=c.stage_secret_access_key,
                                 max_attempts=c.max_attempts)
         else:
-            from transforms.sinks.gcs import GCSStorage
+            from transforms.storage.gcs import GCSStorage
 
             storage = GCSStorage(bucket, prefix, endpoint_url=c.stage_endpoint_url,
                                  service_account_json=c.stage_service_account_json, max_attempts=c.max_attempts)
