@@ -26,33 +26,14 @@ def main(argv=None) -> int:
         for err in errors:
             print(f"  {err}", file=sys.stderr)
         return 2
+    from transforms.sinks import REGISTRY
+
     printed = 0
     for integ in integrations:
-        c = integ.config
-        if integ.vendor == "bigquery":
-            from transforms.sinks.bigquery import create_table_ddl
-
-            print(f"-- {integ.integration_id} (bigquery)\n{create_table_ddl(c.project_id, c.dataset, c.table)}\n")
-        elif integ.vendor == "snowflake":
-            from transforms.sinks import snowflake as sf
-
-            parts = [sf.create_table_sql(c.database, c.schema_name, c.table)]
-            if c.stage_url is None:
-                parts.append(sf.create_stage_sql(c.database, c.schema_name, c.stage))
-            if c.pipe:
-                parts.append(sf.create_pipe_sql(c.database, c.schema_name, c.pipe, c.table, c.stage, c.file_format))
-            print(f"-- {integ.integration_id} (snowflake)\n" + ";\n\n".join(parts) + ";\n")
-        elif integ.vendor == "redshift":
-            from transforms.sinks import redshift as rs
-
-            print(f"-- {integ.integration_id} (redshift)\n{rs.create_table_sql(c.schema_name, c.table)};\n\n"
-                  f"{rs.create_loads_table_sql(c.schema_name)};\n")
-        elif integ.vendor == "duckdb":
-            from transforms.sinks.duckdb import create_table_sql
-
-            print(f"-- {integ.integration_id} (duckdb)\n{create_table_sql(c.table)};\n")
-        else:
+        ddl = REGISTRY[integ.vendor].ddl
+        if ddl is None:
             continue
+        print(f"-- {integ.integration_id} ({integ.vendor})\n{ddl(integ.config)}\n")
         printed += 1
     if not printed:
         print("no warehouse integration in the file", file=sys.stderr)

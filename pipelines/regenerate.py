@@ -43,8 +43,13 @@ from transforms.routing import PrepareForIntegration
 from transforms.sinks import REGISTRY
 from transforms.timestamps import parse_timestamp_us
 
-EXPORT_VENDORS = ("files", "s3", "gcs", "sftp")
 SHARDS = 16
+
+
+def archive_root(integ) -> str | None:
+    """Where ``integ`` keeps an NDJSON archive this job can read back, if it is one."""
+    archive = REGISTRY[integ.vendor].archive
+    return archive(integ.config) if archive is not None else None
 
 
 def pick(integrations, wanted: str | None, role: str, accept) -> tuple[object | None, str | None]:
@@ -65,21 +70,7 @@ def pick(integrations, wanted: str | None, role: str, accept) -> tuple[object | 
 
 def relocate(integ, output: str):
     """A copy of the export integration writing under ``output`` instead of its own location."""
-    config = integ.config.model_copy()
-    if integ.vendor == "files":
-        config.path = output
-    elif integ.vendor in ("s3", "gcs"):
-        scheme = "s3://" if integ.vendor == "s3" else "gs://"
-        if not output.startswith(scheme):
-            raise ValueError(f"--output: an {integ.vendor} export regenerates into {scheme}bucket/prefix")
-        from transforms import routes
-
-        bucket, _, prefix = output[len(scheme):].partition("/")
-        config.bucket = routes.check_bucket(bucket)
-        config.prefix = routes.normalise_prefix(prefix)
-    elif integ.vendor == "sftp":
-        config.path = output
-    return integ.model_copy(update={"config": config})
+    return integ.model_copy(update={"config": REGISTRY[integ.vendor].relocate(integ.config, output)})
 
 
 class _ReadArchiveFileFn(beam.DoFn):
@@ -128,11 +119,10 @@ def run(argv=None) -> int:
     errors += cli.unknown_options(beam_args, parser)  # what is left must be Beam's: a misspelling is not silently dropped
     archive = export = None
     if not errors:
-        archive, err = pick(integrations, args.archive, "archive",
-                            lambda i: i.vendor == "files" and i.config.file_format == "json")
+        archive, err = pick(integrations, args.archive, "archive", lambda i: archive_root(i) is not None)
         errors += [err] if err else []
         export, err = pick(integrations, args.export, "export",
-                           lambda i: i.vendor in EXPORT_VENDORS and i is not archive)
+                           lambda i: REGISTRY[i.vendor].relocate is not None and i is not archive)
         errors += [err] if err else []
     start = end = None
     for name, value in (("from", args.start), ("to", args.end)):
@@ -153,9 +143,9 @@ def run(argv=None) -> int:
         errors += export.config.preflight()
     files = []
     if not errors:
-        files = reported_files(archive.config.path)
+        files = reported_files(archive_root(archive))
         if not files:
-            errors.append(f"archive {archive.integration_id}: no delivery report under {archive.config.path}")
+            errors.append(f"archive {archive.integration_id}: no delivery report under {archive_root(archive)}")
     if errors:
         print(f"{len(errors)} configuration error(s):", file=sys.stderr)
         for err in errors:

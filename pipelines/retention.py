@@ -24,43 +24,14 @@ Exit status: 0 done, 2 configuration error, 1 applying failed.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import re
 import sys
-from dataclasses import dataclass
 
 from transforms import partitioning
 from transforms.integrations import load_integrations
+from transforms.lifecycle import LifecycleRule
 from transforms.secrets import install_log_redaction, redact
-
-S3_CLASSES = {"STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER", "GLACIER_IR", "DEEP_ARCHIVE"}
-GCS_CLASSES = {"NEARLINE", "COLDLINE", "ARCHIVE"}
-
-
-@dataclass(frozen=True)
-class LifecycleRule:
-    integration_id: str
-    vendor: str
-    bucket: str
-    prefix: str
-    label: str
-    archive_after_days: int | None
-    archive_storage_class: str | None
-    delete_after_days: int | None
-
-    @property
-    def rule_id(self) -> str:
-        digest = hashlib.sha256(f"{self.bucket}/{self.prefix}".encode()).hexdigest()[:12]
-        return f"beamhouse-{self.integration_id}-{digest}"
-
-    def describe(self) -> str:
-        parts = []
-        if self.archive_after_days:
-            parts.append(f"archive to {self.archive_storage_class} after {self.archive_after_days} days")
-        if self.delete_after_days:
-            parts.append(f"delete after {self.delete_after_days} days")
-        scheme = "s3" if self.vendor == "s3" else "gs"
-        return f"{self.integration_id} ({self.label}): {scheme}://{self.bucket}/{self.prefix}: {', '.join(parts)}"
+from transforms.sinks import REGISTRY
 
 
 def tenant_prefix(partition_by: str, tenant: str) -> str:
@@ -76,10 +47,11 @@ def plan(integrations) -> tuple[list[LifecycleRule], list[str]]:
     rules: dict[tuple[str, str, str], LifecycleRule] = {}
     errors: list[str] = []
     for integ in integrations:
-        if not integ.enabled or integ.vendor not in ("s3", "gcs"):
+        lifecycle = REGISTRY[integ.vendor].lifecycle
+        if not integ.enabled or lifecycle is None:
             continue
         config = integ.config
-        classes = S3_CLASSES if integ.vendor == "s3" else GCS_CLASSES
+        classes = lifecycle.storage_classes
         base_prefix = config.prefix
         for label, route, retention in config.static_routes():
             if retention is None:
@@ -107,82 +79,21 @@ def plan(integrations) -> tuple[list[LifecycleRule], list[str]]:
                               f"is not one of {', '.join(sorted(classes))}")
                 continue
             key = (integ.integration_id, route.bucket, prefix)
-            rules[key] = LifecycleRule(integ.integration_id, integ.vendor, route.bucket, prefix, label,
+            rules[key] = LifecycleRule(integ.integration_id, lifecycle.scheme, route.bucket, prefix, label,
                                        retention.archive_after_days, retention.archive_storage_class,
                                        retention.delete_after_days)
     return list(rules.values()), errors
 
 
-def s3_rule(rule: LifecycleRule) -> dict:
-    """The S3 lifecycle rule document for ``rule``. Pure."""
-    out = {"ID": rule.rule_id, "Filter": {"Prefix": rule.prefix}, "Status": "Enabled"}
-    if rule.archive_after_days:
-        out["Transitions"] = [{"Days": rule.archive_after_days, "StorageClass": rule.archive_storage_class}]
-    if rule.delete_after_days:
-        out["Expiration"] = {"Days": rule.delete_after_days}
-    return out
-
-
-def gcs_rules(rule: LifecycleRule) -> list[dict]:
-    """The GCS lifecycle rules for ``rule``. Pure."""
-    condition = {"matchesPrefix": [rule.prefix]} if rule.prefix else {}
-    out = []
-    if rule.archive_after_days:
-        out.append({"action": {"type": "SetStorageClass", "storageClass": rule.archive_storage_class},
-                    "condition": {"age": rule.archive_after_days, **condition}})
-    if rule.delete_after_days:
-        out.append({"action": {"type": "Delete"}, "condition": {"age": rule.delete_after_days, **condition}})
-    return out
-
-
-def merge_s3(existing: list[dict], ours: list[dict], integration_id: str) -> list[dict]:
-    mine = f"beamhouse-{integration_id}-"
-    return [r for r in existing if not r.get("ID", "").startswith(mine)] + ours
-
-
-def merge_gcs(existing: list[dict], ours: list[dict], managed_prefixes: set[str]) -> list[dict]:
-    def managed(rule):
-        prefixes = rule.get("condition", {}).get("matchesPrefix") or [""]
-        return len(prefixes) == 1 and prefixes[0] in managed_prefixes
-    return [r for r in existing if not managed(r)] + ours
-
-
 def apply(integrations, rules: list[LifecycleRule]) -> None:
+    """Apply the plan, bucket by bucket, through each destination's lifecycle hook."""
     by_bucket: dict[tuple[str, str], list[LifecycleRule]] = {}
     for rule in rules:
         by_bucket.setdefault((rule.integration_id, rule.bucket), []).append(rule)
-    configs = {i.integration_id: i.config for i in integrations}
+    integs = {i.integration_id: i for i in integrations}
     for (iid, bucket), bucket_rules in sorted(by_bucket.items()):
-        config = configs[iid]
-        if bucket_rules[0].vendor == "s3":
-            _apply_s3(config, iid, bucket, bucket_rules)
-        else:
-            _apply_gcs(config, bucket, bucket_rules)
-
-
-def _apply_s3(config, iid: str, bucket: str, rules: list[LifecycleRule]) -> None:
-    from botocore.exceptions import ClientError
-
-    from transforms.storage.s3 import client
-
-    s3 = client("s3", config.region, **config.connection())
-    try:
-        existing = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") != "NoSuchLifecycleConfiguration":
-            raise
-        existing = []
-    merged = merge_s3(existing, [s3_rule(r) for r in rules], iid)
-    s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": merged})
-
-
-def _apply_gcs(config, bucket: str, rules: list[LifecycleRule]) -> None:
-    from transforms.storage.gcs import client
-
-    gcs_bucket = client(config.endpoint_url, config.service_account_json, config.project_id).get_bucket(bucket)
-    ours = [g for r in rules for g in gcs_rules(r)]
-    gcs_bucket.lifecycle_rules = merge_gcs(list(gcs_bucket.lifecycle_rules), ours, {r.prefix for r in rules})
-    gcs_bucket.patch()
+        integ = integs[iid]
+        REGISTRY[integ.vendor].lifecycle.apply(integ.config, iid, bucket, bucket_rules)
 
 
 def main(argv=None) -> int:

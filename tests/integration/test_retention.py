@@ -9,6 +9,7 @@ from google.cloud import storage
 
 from pipelines import retention
 from transforms.integrations import validate_integrations
+from transforms.sinks import s3 as s3_sink
 
 ARCHIVE = {"archive_after_days": 30, "archive_storage_class": "GLACIER", "delete_after_days": 365}
 
@@ -40,7 +41,7 @@ def test_plan_rules_for_integration_tenants_and_routes():
                    ("otel-lake", "events/"): (30, "GLACIER", 365),
                    ("retention-lake", "events/tenant_id=acme/"): (None, None, 90),
                    ("globex-lake", "g/"): (7, "DEEP_ARCHIVE", None)}
-    assert retention.s3_rule(rules[0])["Filter"] == {"Prefix": "events/"}
+    assert s3_sink.s3_rule(rules[0])["Filter"] == {"Prefix": "events/"}
 
 
 def test_plan_refuses_what_a_bucket_cannot_do():

@@ -49,6 +49,7 @@ from transforms import deadletter
 from transforms.integrations import BaseDestinationConfig
 from transforms.profiles.warehouse import COLUMNS, JSON_COLUMNS, TIME_COLUMNS, to_warehouse
 from transforms.secrets import SecretField, redact
+from transforms.sinks.base import Destination
 
 DEAD_LETTERS = "dead_letters"
 MAX_ROWS_PER_REQUEST = 50_000     # API limit
@@ -404,3 +405,10 @@ def _failed_row(failed, iid):
     return deadletter.make_record("sink_rejected", "sink", f"BigQuery Storage Write API: {error}",
                                   orjson.dumps(row, default=str).decode(), row.get("source_id"),
                                   integration_id=iid, event_id=row.get("event_id"))
+
+
+def ddl(config: BigQueryConfig) -> str:
+    return create_table_ddl(config.project_id, config.dataset, config.table)
+
+
+DESTINATION = Destination(BigQueryConfig, WriteEventsToBigQuery, ddl=ddl)

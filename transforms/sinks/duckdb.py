@@ -29,6 +29,7 @@ from pydantic import Field
 from transforms import coders, deadletter
 from transforms.integrations import BaseDestinationConfig
 from transforms.profiles.warehouse import COLUMNS, JSON_COLUMNS, TIME_COLUMNS, to_warehouse
+from transforms.sinks.base import Destination
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]{0,62}"
 
@@ -180,3 +181,10 @@ class WriteEventsToDuckDB(beam.PTransform):
                  | "LoadIntoDuckDB" >> beam.ParDo(_LoadIntoDuckDBFn(integ.integration_id, integ.config)))
         empty = tables.pipeline | "NoDeadLetters" >> beam.Create([])
         return {"files": loads, "reports": loads, "dead_letters": empty}
+
+
+def ddl(c: DuckDBConfig) -> str:
+    return f"{create_table_sql(c.table)};"
+
+
+DESTINATION = Destination(DuckDBConfig, WriteEventsToDuckDB, ddl=ddl)

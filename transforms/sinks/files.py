@@ -38,6 +38,7 @@ from transforms.profiles import statsig as statsig_profile
 from transforms.profiles.warehouse import to_warehouse
 from transforms.routes import Route, UnknownTenant
 from transforms.secrets import SecretField
+from transforms.sinks.base import Destination
 from transforms.storage import storage_for
 
 DEAD_LETTERS = "dead_letters"
@@ -803,3 +804,18 @@ class WriteEventsToFiles(beam.PTransform):
                                 | "CompletePartitions" >> beam.ParDo(
                                     _CompletePartitionsFn(integ.integration_id, integ.config)))
         return out
+
+
+def relocate_path(config, output: str):
+    """``regenerate --output`` for a path-rooted export (files, sFTP): the same settings under ``output``."""
+    config = config.model_copy()
+    config.path = output
+    return config
+
+
+def ndjson_archive(config) -> str | None:
+    """The archive ``regenerate`` reads back: a files integration writing NDJSON."""
+    return config.path if config.file_format == "json" else None
+
+
+DESTINATION = Destination(FilesConfig, WriteEventsToFiles, relocate=relocate_path, archive=ndjson_archive)

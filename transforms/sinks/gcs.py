@@ -18,9 +18,12 @@ import typing
 
 from pydantic import Field
 
+from transforms.lifecycle import Lifecycle, LifecycleRule
 from transforms.routes import Route
 from transforms.secrets import SecretField
-from transforms.sinks.objectstore import ObjectStoreConfig
+from transforms.sinks.base import Destination
+from transforms.sinks.files import WriteEventsToFiles
+from transforms.sinks.objectstore import ObjectStoreConfig, relocate_bucket
 from transforms.storage.gcs import GCSStorage
 
 
@@ -58,3 +61,38 @@ class GCSConfig(ObjectStoreConfig):
         return problems
 
 
+
+
+GCS_CLASSES = frozenset({"NEARLINE", "COLDLINE", "ARCHIVE"})
+
+
+def gcs_rules(rule: LifecycleRule) -> list[dict]:
+    """The GCS lifecycle rules for ``rule``. Pure."""
+    condition = {"matchesPrefix": [rule.prefix]} if rule.prefix else {}
+    out = []
+    if rule.archive_after_days:
+        out.append({"action": {"type": "SetStorageClass", "storageClass": rule.archive_storage_class},
+                    "condition": {"age": rule.archive_after_days, **condition}})
+    if rule.delete_after_days:
+        out.append({"action": {"type": "Delete"}, "condition": {"age": rule.delete_after_days, **condition}})
+    return out
+
+
+def merge_gcs(existing: list[dict], ours: list[dict], managed_prefixes: set[str]) -> list[dict]:
+    def managed(rule):
+        prefixes = rule.get("condition", {}).get("matchesPrefix") or [""]
+        return len(prefixes) == 1 and prefixes[0] in managed_prefixes
+    return [r for r in existing if not managed(r)] + ours
+
+
+def apply_lifecycle(config, iid: str, bucket: str, rules: list[LifecycleRule]) -> None:
+    from transforms.storage.gcs import client
+
+    gcs_bucket = client(config.endpoint_url, config.service_account_json, config.project_id).get_bucket(bucket)
+    ours = [g for r in rules for g in gcs_rules(r)]
+    gcs_bucket.lifecycle_rules = merge_gcs(list(gcs_bucket.lifecycle_rules), ours, {r.prefix for r in rules})
+    gcs_bucket.patch()
+
+
+DESTINATION = Destination(GCSConfig, WriteEventsToFiles, relocate=relocate_bucket,
+                          lifecycle=Lifecycle("gs", GCS_CLASSES, apply_lifecycle))

@@ -79,3 +79,15 @@ class ObjectStoreConfig(FileOutputConfig):
 
     def kms_key(self) -> str | None:
         return None
+
+
+def relocate_bucket(config, output: str):
+    """``regenerate --output <scheme>://bucket/prefix``: the same settings under another bucket and prefix."""
+    scheme = f"{config.URL_SCHEME}://"
+    if not output.startswith(scheme):
+        raise ValueError(f"--output: this export regenerates into {scheme}bucket/prefix")
+    bucket, _, prefix = output[len(scheme):].partition("/")
+    config = config.model_copy()
+    config.bucket = routes.check_bucket(bucket)
+    config.prefix = routes.normalise_prefix(prefix)
+    return config

@@ -47,6 +47,7 @@ from transforms import routes
 from transforms.integrations import BaseDestinationConfig
 from transforms.profiles.warehouse import COLUMNS
 from transforms.secrets import SecretField, redact
+from transforms.sinks.base import Destination
 from transforms.sinks.staged import BatchFile, LoadOutcome, WriteStagedLoads
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_$]{0,126}"
@@ -438,3 +439,10 @@ class WriteEventsToRedshift(WriteStagedLoads):
     def __init__(self, integration):
         super().__init__(integration, open_loader, "json")
 
+
+def ddl(c: RedshiftConfig) -> str:
+    """The table and the load-record table."""
+    return f"{create_table_sql(c.schema_name, c.table)};\n\n{create_loads_table_sql(c.schema_name)};"
+
+
+DESTINATION = Destination(RedshiftConfig, WriteEventsToRedshift, ddl=ddl)

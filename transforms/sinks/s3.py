@@ -20,9 +20,12 @@ import typing
 
 from pydantic import Field, model_validator
 
+from transforms.lifecycle import Lifecycle, LifecycleRule
 from transforms.routes import Route
 from transforms.secrets import SecretField
-from transforms.sinks.objectstore import ObjectStoreConfig
+from transforms.sinks.base import Destination
+from transforms.sinks.files import WriteEventsToFiles
+from transforms.sinks.objectstore import ObjectStoreConfig, relocate_bucket
 from transforms.storage.s3 import S3Storage
 
 
@@ -79,3 +82,41 @@ class S3Config(ObjectStoreConfig):
         return problems
 
 
+
+
+S3_CLASSES = frozenset({"STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER", "GLACIER_IR", "DEEP_ARCHIVE"})
+
+
+def s3_rule(rule: LifecycleRule) -> dict:
+    """The S3 lifecycle rule document for ``rule``. Pure."""
+    out = {"ID": rule.rule_id, "Filter": {"Prefix": rule.prefix}, "Status": "Enabled"}
+    if rule.archive_after_days:
+        out["Transitions"] = [{"Days": rule.archive_after_days, "StorageClass": rule.archive_storage_class}]
+    if rule.delete_after_days:
+        out["Expiration"] = {"Days": rule.delete_after_days}
+    return out
+
+
+def merge_s3(existing: list[dict], ours: list[dict], integration_id: str) -> list[dict]:
+    mine = f"beamhouse-{integration_id}-"
+    return [r for r in existing if not r.get("ID", "").startswith(mine)] + ours
+
+
+def apply_lifecycle(config, iid: str, bucket: str, rules: list[LifecycleRule]) -> None:
+    from botocore.exceptions import ClientError
+
+    from transforms.storage.s3 import client
+
+    s3 = client("s3", config.region, **config.connection())
+    try:
+        existing = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "NoSuchLifecycleConfiguration":
+            raise
+        existing = []
+    merged = merge_s3(existing, [s3_rule(r) for r in rules], iid)
+    s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": merged})
+
+
+DESTINATION = Destination(S3Config, WriteEventsToFiles, relocate=relocate_bucket,
+                          lifecycle=Lifecycle("s3", S3_CLASSES, apply_lifecycle))

@@ -34,7 +34,8 @@ from pydantic import Field, model_validator
 from transforms import commit
 from transforms.routes import Route
 from transforms.secrets import SecretField
-from transforms.sinks.files import FileOutputConfig
+from transforms.sinks.base import Destination
+from transforms.sinks.files import FileOutputConfig, WriteEventsToFiles, relocate_path
 from transforms.storage.sftp import SFTPStorage
 
 PARTITIONS = {"date": "{date}", "hour": "{date}_{HH}", "half_hour": "{date}_{HH}_{min30}",
@@ -106,3 +107,4 @@ class SFTPConfig(FileOutputConfig):
         return []
 
 
+DESTINATION = Destination(SFTPConfig, WriteEventsToFiles, relocate=relocate_path)

@@ -47,6 +47,7 @@ from pydantic import ConfigDict, Field, model_validator
 from transforms.integrations import BaseDestinationConfig
 from transforms.profiles.warehouse import COLUMNS, JSON_COLUMNS, TIME_COLUMNS
 from transforms.secrets import SecretField, redact
+from transforms.sinks.base import Destination
 from transforms.sinks.staged import BatchFile, LoadOutcome, WriteStagedLoads
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_$]{0,254}"
@@ -516,3 +517,16 @@ class WriteEventsToSnowflake(WriteStagedLoads):
 
     def __init__(self, integration):
         super().__init__(integration, open_loader, integration.config.file_format)
+
+
+def ddl(c: SnowflakeConfig) -> str:
+    """The table, the internal stage (unless an external ``stage_url`` is used) and, with ``pipe``, the pipe."""
+    parts = [create_table_sql(c.database, c.schema_name, c.table)]
+    if c.stage_url is None:
+        parts.append(create_stage_sql(c.database, c.schema_name, c.stage))
+    if c.pipe:
+        parts.append(create_pipe_sql(c.database, c.schema_name, c.pipe, c.table, c.stage, c.file_format))
+    return ";\n\n".join(parts) + ";"
+
+
+DESTINATION = Destination(SnowflakeConfig, WriteEventsToSnowflake, ddl=ddl)
