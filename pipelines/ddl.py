@@ -16,10 +16,15 @@ import sys
 from transforms.integrations import load_integrations
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.ddl", description=__doc__.splitlines()[0],
+                                     allow_abbrev=False)
+    parser.add_argument("--integrations", required=True, help="the integrations file")
+    return parser
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--integrations", required=True)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     integrations, errors = load_integrations(args.integrations)
     if errors:
         print(f"{len(errors)} configuration error(s):", file=sys.stderr)

@@ -12,10 +12,12 @@ class DeliveryOptions(PipelineOptions):
         # Not argparse-required: Beam parses every registered options class for every pipeline in
         # the process, so a required flag here would break unrelated pipelines; run() checks it.
         parser.add_argument("--integrations", default=None,
-                            help="Integrations file (required): a JSON list of integration objects (see README).")
+                            help="Integrations file (required): a JSON list of integration objects, local or on any "
+                                 "Beam filesystem (docs/configuration.md).")
         parser.add_argument("--input", action="append", default=None,
-                            help="Input glob on any Beam filesystem; .ndjson or .ndjson.gz (by extension). "
-                                 "Repeat for several globs.")
+                            help="Input glob on any Beam filesystem; NDJSON, compressed by extension (.gz, .bz2 and .xz are "
+                                 "checked to their end marker: a damaged file's readable lines are delivered, the "
+                                 "rest is a corrupt_input dead letter). Repeat for several globs.")
         parser.add_argument("--dead_letter", default="dead_letters",
                             help="Directory (any Beam filesystem) for dead-letter NDJSON files.")
         parser.add_argument("--summary", default=None,
@@ -29,11 +31,13 @@ class DeliveryOptions(PipelineOptions):
                             help="Dotted path of the app id in an event (for partition templates).")
         parser.add_argument("--input_dialect", default="auto",
                             choices=["auto", "segment", "snowplow", "cloudevents", "otel"],
-                            help="The records' dialect; auto detects it per record (see README, Input dialects).")
+                            help="The records' dialect; auto detects it per record (docs/events.md, Input dialects).")
         parser.add_argument("--max_event_bytes", type=int, default=_PARSE.max_event_bytes,
-                            help="Longer lines are dead-lettered as too_large.")
+                            help="Longer lines are dead-lettered as too_large; a line holding many events (a batch, an "
+                                 "OTLP export) may be up to 4 MiB, each event checked alone.")
         parser.add_argument("--max_nesting_depth", type=int, default=_PARSE.max_nesting_depth,
-                            help="Deeper events are dead-lettered as too_deep (1 to 200).")
+                            help="Deeper events are dead-lettered as too_deep (1 to 200: the JSON encoders write at most "
+                                 "254 levels back).")
         parser.add_argument("--max_past_days", type=float, default=_PARSE.max_past_days,
                             help="Events timed more than this before received_at, and receivedAt more than this "
                                  "before the processing time, are timestamp_out_of_range.")
@@ -70,3 +74,29 @@ class DeliveryOptions(PipelineOptions):
         parser.add_argument("--per_line_input", action="store_true", default=False,
                             help="Parse inputs one element per line instead of in blocks: how a "
                                  "streaming source delivers events; slower, kept for comparison.")
+
+
+# The Dataflow Flex Template (metadata.json, written by ``python -m pipelines.reference``): which options a
+# template user sets in the console, with their label and the check the console applies; the help text
+# is the option's own, so the two cannot drift.
+FLEX_TEMPLATE = {
+    "name": "beamhouse-deliver",
+    "description": "Deliver analytics events to warehouses and lakes (batch from files, or streaming from "
+                   "Pub/Sub or Kafka).",
+    "streaming": True,
+    "supportsAtLeastOnce": False,
+    "supportsExactlyOnce": True,
+}
+FLEX_TEMPLATE_PARAMETERS = (  # (option, label, optional, regexes)
+    ("integrations", "Integrations file", False, ["^gs://.+$"]),
+    ("input", "Input glob (batch)", True, []),
+    ("input_subscription", "Pub/Sub subscription (streaming)", True, ["^projects/[^/]+/subscriptions/[^/]+$"]),
+    ("kafka_bootstrap_servers", "Kafka bootstrap servers (streaming)", True, []),
+    ("kafka_topic", "Kafka topic (streaming)", True, []),
+    ("dead_letter", "Dead-letter folder", False, ["^gs://.+$"]),
+    ("input_dialect", "Input dialect", True, ["^(auto|segment|snowplow|cloudevents|otel)$"]),
+    ("dedup_window_seconds", "De-duplication window (s)", True, ["^[0-9]+(\\.[0-9]+)?$"]),
+    ("allowed_lateness_seconds", "Allowed lateness (s)", True, ["^[0-9]+(\\.[0-9]+)?$"]),
+    ("shards", "Dedup shards (batch)", True, ["^[0-9]+$"]),
+    ("max_dead_letter_fraction", "Dead-letter fraction that fails the run", True, ["^(0(\\.[0-9]+)?|1(\\.0+)?)$"]),
+)

@@ -101,19 +101,30 @@ class _ReadArchiveFileFn(beam.DoFn):
         yield from split_by_shard(table, SHARDS)
 
 
-def run(argv=None) -> int:
-    secrets.install_log_redaction()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--integrations", required=True)
+def build_parser() -> argparse.ArgumentParser:
+    """This entry point's own options (Beam's are accepted besides)."""
+    parser = argparse.ArgumentParser(prog="python -m pipelines.regenerate", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+    parser.add_argument("--integrations", required=True, help="the integrations file (local or any Beam filesystem)")
     parser.add_argument("--from", dest="start", required=True, help="ISO 8601 start (inclusive), UTC if no zone")
     parser.add_argument("--to", dest="end", required=True, help="ISO 8601 end (exclusive)")
-    parser.add_argument("--output", required=True)
+    parser.add_argument("--output", required=True, help="where the regenerated export is written: a path, an "
+                        "s3:// or gs:// URL (the export's store), or a folder on the same sFTP server")
     parser.add_argument("--export", default=None, help="integration id of the export to regenerate")
     parser.add_argument("--archive", default=None, help="integration id of the files/NDJSON archive to read")
-    parser.add_argument("--dead_letter", default="dead_letters_regenerate")
-    parser.add_argument("--summary", default=None)
-    parser.add_argument("--tenant_id_field", default="context.tenant_id")
-    parser.add_argument("--app_id_field", default="context.app_id")
+    parser.add_argument("--dead_letter", default="dead_letters_regenerate",
+                        help="folder for dead letters (archive lines that cannot be read back)")
+    parser.add_argument("--summary", default=None, help="write the run's accounting as JSON to this local file")
+    parser.add_argument("--tenant_id_field", default="context.tenant_id",
+                        help="dotted path of the tenant id in an event (for {tenant_id} in layouts)")
+    parser.add_argument("--app_id_field", default="context.app_id",
+                        help="dotted path of the app id in an event (for {app_id} in layouts)")
+    return parser
+
+
+def run(argv=None) -> int:
+    secrets.install_log_redaction()
+    parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
     integrations, errors = load_integrations(args.integrations)
     errors += cli.unknown_options(beam_args, parser)  # what is left must be Beam's: a misspelling is not silently dropped

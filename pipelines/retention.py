@@ -96,12 +96,17 @@ def apply(integrations, rules: list[LifecycleRule]) -> None:
         REGISTRY[integ.vendor].lifecycle.apply(integ.config, iid, bucket, bucket_rules)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.retention", allow_abbrev=False,
+                                     description="Apply retention and archival as bucket lifecycle rules.")
+    parser.add_argument("--integrations", required=True, help="the integrations file")
+    parser.add_argument("--apply", action="store_true", help="apply the plan (default: print it only)")
+    return parser
+
+
 def main(argv=None) -> int:
     install_log_redaction()
-    parser = argparse.ArgumentParser(description="Apply retention and archival as bucket lifecycle rules.")
-    parser.add_argument("--integrations", required=True)
-    parser.add_argument("--apply", action="store_true", help="apply the plan (default: print it only)")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     integrations, errors = load_integrations(args.integrations)
     rules, plan_errors = plan(integrations) if not errors else ([], [])
     errors += plan_errors

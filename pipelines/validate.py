@@ -7,19 +7,27 @@ secret in a wrong place does not reach the terminal).
 """
 from __future__ import annotations
 
+import argparse
 import sys
 
 from transforms.integrations import load_integrations
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.validate", allow_abbrev=False,
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("integrations", metavar="INTEGRATIONS_FILE", help="the integrations file to check")
+    return parser
+
+
 def main(argv=None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1 or args[0] in ("-h", "--help"):
-        print("usage: python -m pipelines.validate INTEGRATIONS_FILE", file=sys.stderr)
-        return 2
-    integrations, errors = load_integrations(args[0])
+    try:
+        path = build_parser().parse_args(sys.argv[1:] if argv is None else argv).integrations
+    except SystemExit as exc:  # argparse: 0 after --help, 2 after a usage error
+        return int(exc.code or 0)
+    integrations, errors = load_integrations(path)
     if errors:
-        print(f"{args[0]}: {len(errors)} problem(s):", file=sys.stderr)
+        print(f"{path}: {len(errors)} problem(s):", file=sys.stderr)
         for err in errors:
             print(f"  {err}", file=sys.stderr)
         return 2

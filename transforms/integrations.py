@@ -36,8 +36,9 @@ class ConsentConfig(BaseModel):
     """``{"require": ["analytics"]}``: an event passes only if ``context.consent.<purpose>`` is JSON
     ``true`` for every listed purpose."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     require: list[str] = Field(min_length=1)
+    """Purposes that must all be JSON `true` in `context.consent` (names of letters, digits, `_`, `.`, `-`)."""
 
     @field_validator("require")
     @classmethod
@@ -53,9 +54,11 @@ class PropertySelection(BaseModel):
     dotted and start at ``context``, ``properties`` or ``traits``; ``include`` keeps only the listed
     paths within those three columns (a bare root such as ``"properties"`` keeps all of it)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     include: list[str] | None = None
+    """Keep only these dotted paths of `context`/`properties`/`traits` (a bare root keeps it all)."""
     exclude: list[str] | None = None
+    """Remove these dotted paths (each inside `context`, `properties` or `traits`)."""
 
     @model_validator(mode="after")
     def _one_of(self) -> PropertySelection:
@@ -73,12 +76,21 @@ class PropertySelection(BaseModel):
 class BaseDestinationConfig(BaseModel):
     """Settings every vendor accepts. Vendor models subclass this."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     batch_size: int = Field(500, ge=1, le=1_000_000)
+    """At most this many events per file (1 to 1,000,000)"""
     batch_interval_seconds: float = Field(60, gt=0, le=86_400)
+    """Accepted now; used by streaming delivery."""
     consent: ConsentConfig | None = None
+    """`{"require": ["analytics", ...]}`: deliver an event only if `context.consent.<purpose>` is JSON `true` for
+    every purpose; missing, null, `"true"`, `"false"`, 0/1 or malformed consent means dropped (counted, stored
+    nowhere). Without it nothing is filtered."""
     properties: PropertySelection | None = None
+    """`{"exclude": ["context.ip", "traits.email"]}` removes those paths; `{"include": ["properties",
+    "context.page.url"]}` keeps only the listed paths of `context`/`properties`/`traits` (a column with no
+    listed path becomes null)"""
     profile: Literal["warehouse"] = "warehouse"
+    """Output row shape: the 13 canonical columns (docs/events.md)."""
 
     @field_validator("*", mode="before")
     @classmethod
@@ -105,13 +117,20 @@ class BaseDestinationConfig(BaseModel):
 class Integration(BaseModel):
     """One configured destination."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     source_id: str = Field(min_length=1, max_length=128)
+    """Source identifier, written to every row."""
     vendor: str
+    """`files`, `duckdb`, `s3`, `gcs`, `sftp`, `bigquery`, `snowflake` or `redshift`."""
     name: str = Field(min_length=1, max_length=256)
+    """Display name."""
     enabled: bool = True
+    """`false` keeps the integration in the file without a branch in the pipeline."""
     integration_id: str | None = None
+    """Optional; derived from `name` when absent (`"Local lake"` → `local_lake`); unique; not one of the run's own
+    counter names (`dead_letter`, `input`, `blank_lines`, `duplicates`, `unique`, `tenant`)"""
     config: Any
+    """The vendor's settings; unknown keys are errors (typos are caught)"""
 
     @model_validator(mode="after")
     def _derive_id(self) -> Integration:

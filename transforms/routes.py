@@ -54,10 +54,13 @@ class Retention(BaseModel):
     """``{"archive_after_days": 30, "archive_storage_class": "GLACIER", "delete_after_days": 365}``:
     applied as bucket lifecycle rules by ``python -m pipelines.retention``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     archive_after_days: int | None = Field(None, ge=1, le=36_500)
+    """Move objects to `archive_storage_class` this many days after creation."""
     archive_storage_class: str | None = Field(None, pattern=r"^[A-Z_]{3,40}$")
+    """The store's archive class (S3: `GLACIER`, `DEEP_ARCHIVE` ...; GCS: `NEARLINE`, `COLDLINE`, `ARCHIVE`)."""
     delete_after_days: int | None = Field(None, ge=1, le=36_500)
+    """Delete objects this many days after creation."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Retention:
@@ -74,13 +77,18 @@ class RouteOverride(BaseModel):
     """Fields a route may override. ``kms_key`` is also accepted as ``kms_key_id`` (S3) or
     ``kms_key_name`` (GCS)."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, populate_by_name=True)
     bucket: str | None = None
+    """Another bucket for this route."""
     prefix: str | None = None
+    """Another prefix for this route."""
     region: str | None = Field(None, pattern=_REGION.pattern)
+    """The bucket's region (checked at start)."""
     kms_key: str | None = Field(None, min_length=1, max_length=2048,
                                 validation_alias=AliasChoices("kms_key", "kms_key_id", "kms_key_name"))
+    """Encryption key for this route (`kms_key_id` for S3, `kms_key_name` for GCS)."""
     retention: Retention | None = None
+    """Lifecycle rules for this route's bucket/prefix."""
 
     @field_validator("bucket")
     @classmethod
@@ -94,7 +102,7 @@ class RouteOverride(BaseModel):
 
 
 class Residency(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     tenants: dict[str, str] = Field(default_factory=dict, description="tenant id -> region")
     regions: dict[str, RouteOverride] = Field(default_factory=dict, description="region -> route")
 
@@ -110,11 +118,15 @@ class Residency(BaseModel):
 
 
 class Routing(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     by_type: dict[str, RouteOverride] = Field(default_factory=dict)
+    """Per data type (the input dialect: `segment`, `snowplow`, `cloudevents`, `otel`)."""
     residency: Residency = Field(default_factory=Residency)
+    """Tenants pinned to regions, and each region's route."""
     tenants: dict[str, RouteOverride] = Field(default_factory=dict)
+    """Per tenant id: its own bucket, prefix, key or retention."""
     unknown_tenant: Literal["default", "dead_letter"] = "default"
+    """A tenant without an entry: the integration's route (`default`), or a dead letter `unknown_tenant`."""
 
     @field_validator("by_type")
     @classmethod

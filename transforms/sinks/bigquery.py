@@ -27,7 +27,7 @@ and the rest lands.
 
 ``"method": "storage_write"`` uses Beam's ``WriteToBigQuery(method=STORAGE_WRITE_API)``, a Java
 cross-language transform: building the pipeline starts Beam's Java expansion service (Java 11+ and the
-expansion-service jar, downloaded from Maven Central unless ``--expansion_service`` names one), which
+expansion-service jar, downloaded from Maven Central unless pre-staged in ``~/.apache_beam/cache/jars``), which
 also means Beam picks the write ids (not ``event_id``). A missing dataset or table,
 or denied access, fails the run at start with a clear message. Least privilege:
 ``bigquery.tables.updateData`` on the table (plus ``bigquery.tables.get`` for the start-up check,
@@ -64,17 +64,32 @@ _ACCEPTED = {"STRING": {"STRING"}, "TIMESTAMP": {"TIMESTAMP"}, "JSON": {"JSON", 
 
 class BigQueryConfig(BaseDestinationConfig):
     project_id: str = Field(pattern=r"^([a-z][a-z0-9.-]{0,62}:)?[a-z][a-z0-9-]{4,61}[a-z0-9]$")
+    """The destination table."""
     dataset: str = Field(pattern=r"^[A-Za-z0-9_]{1,1024}$")
+    """The destination table."""
     table: str = Field(pattern=r"^[A-Za-z0-9_-]{1,1024}$")
+    """The destination table."""
     service_account_json: SecretField | None = None
+    """Key JSON inline (string or object) or by reference (`env:`/`file:`); anonymous with `endpoint_url` and no
+    key (emulators)"""
     method: Literal["streaming_inserts", "file_loads", "storage_write"] = "streaming_inserts"
+    """`streaming_inserts` (`tabledata.insertAll`), `file_loads` (load jobs) or `storage_write` (Beam's Storage
+    Write API)"""
     staging_uri: str | None = Field(None, pattern=r"^gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/[^\s]*)?$",
                                     description="file_loads: publish load files here first")
     create_table: bool = False
+    """Create the seed's table at start if missing: JSON columns, `PARTITION BY DATE(timestamp)`, `CLUSTER BY type,
+    event`. `python -m pipelines.ddl` prints the DDL for creating it yourself."""
     endpoint_url: str | None = Field(None, pattern=r"^https?://[^\s]+$")
+    """API endpoint (emulators); job location."""
     location: str | None = None
+    """API endpoint (emulators); job location."""
     max_attempts: int = Field(5, ge=1, le=20)
+    """Transient errors (429, 5xx, resets) retried with backoff within about `2^max_attempts * 2` s; then the run
+    fails."""
     request_timeout_seconds: float = Field(60, gt=0, le=600)
+    """Transient errors (429, 5xx, resets) retried with backoff within about `2^max_attempts * 2` s; then the run
+    fails."""
 
     def destination(self) -> str:
         return f"bigquery:{self.project_id}.{self.dataset}.{self.table}"

@@ -38,6 +38,8 @@ class DuckDBConfig(BaseDestinationConfig):
     path: str = Field(min_length=1, description="DuckDB database file (created if missing)")
     table: str = Field("events", pattern=rf"^({_IDENT}\.)?{_IDENT}$", description="[schema.]table")
     create_table: bool = True
+    """Create the canonical table if missing (`event_id` primary key, `JSON` columns); when `false` a missing table
+    fails the run at start."""
     lock_wait_seconds: float = Field(120, ge=0, le=3600, description="how long a load waits for another "
                                      "process (a concurrent run) to release the database file")
 

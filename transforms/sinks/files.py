@@ -51,10 +51,13 @@ class Quota(BaseModel):
     day) are compared with its limit; ``warn`` logs and reports it in the summary, ``fail`` also makes the
     run exit with status 1 once delivery is done (no data is dropped for a quota)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     daily_bytes: int | None = Field(None, ge=1)
+    """Bytes a tenant may have written per UTC day of delivery, unless `tenants` names its own limit."""
     tenants: dict[str, int] = Field(default_factory=dict)
+    """Per-tenant limits: tenant id -> bytes per day."""
     action: Literal["warn", "fail"] = "warn"
+    """`warn` logs and reports an exceeded quota; `fail` also exits 1 after delivery (nothing is dropped)."""
 
     def limit(self, tenant: str) -> int | None:
         return self.tenants.get(tenant, self.daily_bytes)
@@ -63,9 +66,11 @@ class Quota(BaseModel):
 class HackleSettings(BaseModel):
     """``profile: hackle`` options (see ``transforms.profiles.hackle``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     metric_property: str = Field("revenue", min_length=1, max_length=256)
+    """The property whose numeric value becomes `metric_value`."""
     identifier_paths: dict[str, str] = Field(default_factory=dict)
+    """Extra identifiers: name -> dotted path in `context`/`properties`/`traits`."""
 
     @field_validator("identifier_paths")
     @classmethod
@@ -77,12 +82,17 @@ class HackleSettings(BaseModel):
 
 
 class StatsigMetric(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     name: str = Field(min_length=1, max_length=127)
+    """The metric's name in Statsig."""
     event: str = Field(min_length=1)
+    """The event (`event` column) it is computed from."""
     aggregate: Literal["count", "sum", "ratio"] = "count"
+    """Per unit and day: count of events, sum of `property`, or their ratio."""
     property: str | None = None
+    """The property summed (needed by `sum` and `ratio`)."""
     id_type: Literal["user_id", "stable_id"] = "user_id"
+    """The unit: the user id, or the stable id (`anonymous_id`)."""
 
     @model_validator(mode="after")
     def _property(self):
@@ -94,15 +104,23 @@ class StatsigMetric(BaseModel):
 class StatsigSettings(BaseModel):
     """``profile: statsig`` options (see ``transforms.profiles.statsig``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     timezone: str = "America/Los_Angeles"
+    """Time zone of Statsig's days (IANA name)."""
     allowed_lateness_seconds: float = Field(3_600, ge=0, le=30 * 86_400)
+    """A day is finished once data received this long after its end was delivered."""
     value_property: str = "value"
+    """The property that becomes `event_value`."""
     metrics: list[StatsigMetric] = Field(default_factory=list)
+    """Metrics computed per unit from each finished day's events."""
     signal: Literal["dataset", "mark_data_ready"] = "dataset"
+    """How a finished day is signalled: a `finished_date` file, or Statsig's mark_data_ready call."""
     api_key: SecretField | None = None
+    """Statsig server secret for `mark_data_ready` (a reference such as `env:STATSIG_KEY`)."""
     mark_data_ready_url: str = "https://api.statsig.com/v1/mark_data_ready"
+    """The mark_data_ready endpoint."""
     mark_data_ready_types: list[Literal["metrics", "events"]] = Field(default_factory=lambda: ["metrics"])
+    """The `type`s signalled, one call each."""
 
     @field_validator("timezone")
     @classmethod
@@ -126,17 +144,35 @@ class FileOutputConfig(BaseDestinationConfig):
     """What every file-writing vendor accepts: format, compression, layout and naming."""
 
     profile: Literal["warehouse", "hackle", "statsig"] = "warehouse"
+    """Output row shape: `warehouse` (the 13 canonical columns), or an importer's: `hackle`, `statsig`
+    (docs/events.md, Output profiles)."""
     hackle: HackleSettings = Field(default_factory=HackleSettings)
+    """Settings of the `hackle` profile."""
     statsig: StatsigSettings = Field(default_factory=StatsigSettings)
+    """Settings of the `statsig` profile."""
     partition_timezone: str = "UTC"
+    """IANA time zone whose clock the layout's days and hours follow (e.g. `Asia/Seoul`); `UTC` by default."""
     file_format: Literal["json", "parquet", "csv"] = "json"
+    """`json` (NDJSON), `parquet` or `csv`."""
     compression: Literal["gzip", "snappy", "zstd", "none"] | None = None
+    """`gzip`, `zstd`, `none`; `snappy` for Parquet only."""
     partition_by: str = partitioning.DEFAULT_TEMPLATE
+    """Template; time `{yyyy} {MM} {dd} {HH} {mm} {ss} {date}`, minute ranges `{min15}` (`00-15` … `45-60`) and
+    `{min30}` (`00-30`, `30-60`), fields `{tenant_id} {app_id} {type} {event} {dialect}`, in any order."""
     partition_time: Literal["timestamp", "received_at"] = "timestamp"
+    """`timestamp` (event time) or `received_at`, in UTC."""
     file_prefix: str = Field("events", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+    """File names are `<prefix>-<epoch>-<batch id>.<ext>`."""
     file_name: str | None = None
+    """Name template without extension: `{yyyy} {MM} {dd} {HH} {mm} {ss} {epoch}` (the file's earliest event),
+    `{id}` (the batch id) and `{n}` (the file's number in its partition, in one generation); e.g. seed 003's
+    `data_{yyyy}_{MM}_{dd}_{HH}_{mm}_{ss}`."""
     csv_separator: str = Field(",", min_length=1, max_length=1)
+    """One character."""
     quota: Quota | None = None
+    """`{"daily_bytes": N, "tenants": {"acme": N}, "action": "warn"}`: per-tenant bytes written per UTC day of
+    delivery (a batch run is one day); `warn` logs and reports, `fail` also exits 1 after delivery. Nothing is
+    dropped for a quota."""
     schedule_minutes: Literal[15, 30, 60] | None = Field(
         None, description="scheduled export (seed 002): in streaming, deliver every N minutes all that arrived")
     completion_marker: str | None = Field(

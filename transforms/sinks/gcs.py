@@ -31,8 +31,12 @@ class GCSConfig(ObjectStoreConfig):
     URL_SCHEME: typing.ClassVar[str] = "gs"
     region: str | None = Field(None, pattern=r"^[a-z0-9-]{2,40}$", description="expected bucket location")
     project_id: str | None = Field(None, pattern=r"^[a-z][a-z0-9-]{4,61}[a-z0-9]$")
+    """(gcs) ."""
     service_account_json: SecretField | None = None
+    """(gcs) the key JSON (string or object), inline or by reference; with `endpoint_url` and no key, anonymous
+    (emulators)"""
     kms_key_name: str | None = Field(None, pattern=r"^projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/]+$")
+    """(s3 / gcs) SSE-KMS key id/ARN on every S3 object; Cloud KMS key on every GCS object (CMEK)"""
 
     def region_name(self):
         return self.region

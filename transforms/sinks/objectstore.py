@@ -22,11 +22,15 @@ from transforms.sinks.files import FileOutputConfig
 
 class ObjectStoreConfig(FileOutputConfig):
     bucket: str
+    """Bucket name."""
     prefix: str = "datafly/events/"  # the seed's default
+    """Key prefix; a trailing `/` is added."""
     endpoint_url: str | None = Field(None, pattern=r"^https?://[^\s]+$",
                                      description="S3- or GCS-compatible endpoint (MinIO, emulators)")
     routing: Routing = Field(default_factory=Routing)
+    """By data type, tenant and residency (below)"""
     retention: Retention | None = None
+    """`{"archive_after_days", "archive_storage_class", "delete_after_days"}` for `pipelines.retention`."""
     max_attempts: int = Field(5, ge=1, le=20, description="attempts per request, transient errors retried")
     check_kms_keys: bool = Field(True, description="check each key's state before its first write")
 

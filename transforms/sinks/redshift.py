@@ -60,26 +60,44 @@ TYPES = {"event_id": "VARCHAR(64) NOT NULL", "type": "VARCHAR(20)", "event": "VA
 
 
 class RedshiftConfig(BaseDestinationConfig):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, populate_by_name=True)
 
     host: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
+    """The cluster; identifiers validated, lower-cased and quoted."""
     port: int = Field(5439, ge=1, le=65535)
+    """The cluster; identifiers validated, lower-cased and quoted."""
     database: str = Field(pattern=rf"^{_IDENT}$")
+    """The cluster; identifiers validated, lower-cased and quoted."""
     schema_name: str = Field(alias="schema", pattern=rf"^{_IDENT}$")
+    """The cluster; identifiers validated, lower-cased and quoted."""
     table: str = Field(pattern=rf"^{_IDENT}$")
+    """The cluster; identifiers validated, lower-cased and quoted."""
     user: str = Field(min_length=1, max_length=128)
+    """The cluster; identifiers validated, lower-cased and quoted."""
     password: SecretField
+    """The cluster; identifiers validated, lower-cased and quoted."""
     s3_bucket: str
+    """Where batch files are staged (`<prefix><integration>/<day>/…`, manifests under `<prefix>_manifests/`)"""
     s3_prefix: str = ""
+    """Where batch files are staged (`<prefix><integration>/<day>/…`, manifests under `<prefix>_manifests/`)"""
     s3_region: str = Field(pattern=r"^[a-z0-9-]{2,40}$")
+    """Where batch files are staged (`<prefix><integration>/<day>/…`, manifests under `<prefix>_manifests/`)"""
     iam_role_arn: str = Field(pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$")
+    """The role Redshift reads the staged files with (`IAM_ROLE`); AWS keys are never sent to Redshift."""
     create_table: bool = False
+    """Create the seed's table (`SUPER` columns, `DISTKEY(anonymous_id)`, `SORTKEY(timestamp)`) when missing."""
     ssl: bool = True
+    """Driver settings (`redshift_connector`, AWS's driver)"""
     s3_endpoint_url: str | None = Field(None, pattern=r"^https?://[^\s]+$")
+    """Beamhouse's own credentials for staging."""
     s3_access_key_id: SecretField | None = None
+    """Beamhouse's own credentials for staging."""
     s3_secret_access_key: SecretField | None = None
+    """Beamhouse's own credentials for staging."""
     max_attempts: int = Field(5, ge=1, le=20)
+    """Driver settings (`redshift_connector`, AWS's driver)"""
     connect_timeout_seconds: int = Field(60, ge=1, le=600)
+    """Driver settings (`redshift_connector`, AWS's driver)"""
 
     def destination(self) -> str:
         return f"redshift:{self.host}:{self.port}/{self.database}.{self.schema_name}.{self.table}".lower()

@@ -32,10 +32,15 @@ from transforms.storage.s3 import S3Storage
 class S3Config(ObjectStoreConfig):
     URL_SCHEME: typing.ClassVar[str] = "s3"
     region: str = Field(pattern=r"^[a-z0-9-]{2,40}$")
+    """(s3 (required), gcs (optional check)) the bucket's region; checked at start with `GetBucketLocation`."""
     access_key_id: SecretField | None = None
+    """(s3) keys, inline or by reference."""
     secret_access_key: SecretField | None = None
+    """(s3) keys, inline or by reference."""
     session_token: SecretField | None = None
+    """(s3) keys, inline or by reference."""
     kms_key_id: str | None = Field(None, min_length=1, max_length=2048)
+    """(s3 / gcs) SSE-KMS key id/ARN on every S3 object; Cloud KMS key on every GCS object (CMEK)"""
 
     @model_validator(mode="after")
     def _keys_together(self):

@@ -44,19 +44,38 @@ PARTITIONS = {"date": "{date}", "hour": "{date}_{HH}", "half_hour": "{date}_{HH}
 
 class SFTPConfig(FileOutputConfig):
     host: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$|^\[?[0-9a-fA-F:]+\]?$")
+    """The server."""
     port: int = Field(22, ge=1, le=65535)
+    """The server."""
     username: str = Field(min_length=1, max_length=256)
+    """The server."""
     password: SecretField | None = None
+    """Inline or `env:`/`file:`; OpenSSH or PEM keys (Ed25519, ECDSA, RSA)"""
     private_key: SecretField | None = None
+    """Inline or `env:`/`file:`; OpenSSH or PEM keys (Ed25519, ECDSA, RSA)"""
     private_key_passphrase: SecretField | None = None
+    """Inline or `env:`/`file:`; OpenSSH or PEM keys (Ed25519, ECDSA, RSA)"""
     host_key: str | None = Field(None, min_length=16, max_length=65536)
+    """The server's public key line(s) (`ssh-ed25519 AAAA...`), or a known_hosts file. An unknown or changed key
+    refuses the connection before authenticating (exit 2 at start). `"verify_host_key": false` turns the check
+    off: test networks only."""
     known_hosts: str | None = None
+    """The server's public key line(s) (`ssh-ed25519 AAAA...`), or a known_hosts file. An unknown or changed key
+    refuses the connection before authenticating (exit 2 at start). `"verify_host_key": false` turns the check
+    off: test networks only."""
     verify_host_key: bool = True
+    """`false` turns the host-key check off: test networks only."""
     path: str = Field(".", min_length=1, max_length=1024, pattern=r"^[^\x00-\x1f]+$")
+    """The folder files go to (must exist)"""
     export_name: str = Field("events", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+    """First part of every name."""
     partition: Literal["date", "hour", "half_hour", "quarter_hour"] = "hour"
+    """`date`, `hour`, `half_hour` or `quarter_hour`: `myExport_2021-04-08_10_data_<id>_<n>.csv.gz`,
+    `myExport_2021-04-08_10_15-30_data_...`."""
     max_attempts: int = Field(5, ge=1, le=20)
+    """Per file: a dropped connection is retried on a new one."""
     timeout_seconds: float = Field(30, gt=0, le=600)
+    """Per file: a dropped connection is retried on a new one."""
 
     def destination(self) -> str:
         return f"sftp:{self.host}:{self.port}/{self.path.strip('/')}/{self.export_name}_"

@@ -57,33 +57,71 @@ PRESENT_QUERY_CHUNK = 5000     # event ids per lookup query
 
 
 class SnowflakeConfig(BaseDestinationConfig):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, populate_by_name=True)
 
     account: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
+    """Identifiers are validated (letters, digits, `_`, `$`) and used as Snowflake resolves them unquoted (upper
+    case)"""
     warehouse: str = Field(pattern=rf"^{_IDENT}$")
+    """Identifiers are validated (letters, digits, `_`, `$`) and used as Snowflake resolves them unquoted (upper
+    case)"""
     database: str = Field(pattern=rf"^{_IDENT}$")
+    """Identifiers are validated (letters, digits, `_`, `$`) and used as Snowflake resolves them unquoted (upper
+    case)"""
     schema_name: str = Field(alias="schema", pattern=rf"^{_IDENT}$")
+    """Identifiers are validated (letters, digits, `_`, `$`) and used as Snowflake resolves them unquoted (upper
+    case)"""
     table: str = Field(pattern=rf"^{_IDENT}$")
+    """Identifiers are validated (letters, digits, `_`, `$`) and used as Snowflake resolves them unquoted (upper
+    case)"""
     stage: str = Field(pattern=rf"^{_IDENT}$")
+    """Identifiers are validated (letters, digits, `_`, `$`) and used as Snowflake resolves them unquoted (upper
+    case)"""
     pipe: str | None = Field(None, pattern=rf"^{_IDENT}$")
+    """Load by Snowpipe (`insertFiles`) instead of `COPY INTO`."""
     user: str = Field(min_length=1, max_length=255)
+    """Identifiers are validated (letters, digits, `_`, `$`) and used as Snowflake resolves them unquoted (upper
+    case)"""
     private_key: SecretField
+    """Key-pair authentication (`SNOWFLAKE_JWT`), PKCS#8 PEM; the only login method."""
     private_key_passphrase: SecretField | None = None
+    """Key-pair authentication (`SNOWFLAKE_JWT`), PKCS#8 PEM; the only login method."""
     role: str | None = Field(None, pattern=rf"^{_IDENT}$")
+    """Role; other endpoints (private link, emulators)"""
     file_format: typing.Literal["json", "parquet"] = "json"
+    """`json` (gzip NDJSON, as in the seed) or `parquet`."""
     stage_prefix: str = Field("beamhouse/", pattern=r"^([A-Za-z0-9_-]+/)*$")
+    """Folder on the stage for the batch files."""
     create_table: bool = False
+    """Create the seed's table (VARIANT columns) and the internal stage when missing."""
     skip_loaded_events: bool = True
+    """Before staging a day, look up which of its `event_id`s the table holds and leave those rows out."""
     endpoint_url: str | None = Field(None, pattern=r"^https?://[^\s/]+(:\d+)?/?$")
+    """Role; other endpoints (private link, emulators)"""
     snowpipe_endpoint_url: str | None = Field(None, pattern=r"^https?://[^\s/]+(:\d+)?/?$")
+    """Role; other endpoints (private link, emulators)"""
     snowpipe_wait_seconds: float = Field(600, gt=0, le=3600)
+    """How long to wait for Snowpipe's load reports; staging retries."""
     stage_url: str | None = Field(None, pattern=r"^(s3|gs)://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/[^\s]*)?$")
+    """An external stage: the files are written to its `s3://bucket/prefix/` (create-only `PutObject`;
+    `stage_region` required) or `gs://bucket/prefix/` (create-only upload)"""
     stage_region: str | None = Field(None, pattern=r"^[a-z0-9-]{2,40}$")
+    """An external stage: the files are written to its `s3://bucket/prefix/` (create-only `PutObject`;
+    `stage_region` required) or `gs://bucket/prefix/` (create-only upload)"""
     stage_endpoint_url: str | None = Field(None, pattern=r"^https?://[^\s]+$")
+    """An external stage: the files are written to its `s3://bucket/prefix/` (create-only `PutObject`;
+    `stage_region` required) or `gs://bucket/prefix/` (create-only upload)"""
     stage_access_key_id: SecretField | None = None
+    """An external stage: the files are written to its `s3://bucket/prefix/` (create-only `PutObject`;
+    `stage_region` required) or `gs://bucket/prefix/` (create-only upload)"""
     stage_secret_access_key: SecretField | None = None
+    """An external stage: the files are written to its `s3://bucket/prefix/` (create-only `PutObject`;
+    `stage_region` required) or `gs://bucket/prefix/` (create-only upload)"""
     stage_service_account_json: SecretField | None = None
+    """An external stage: the files are written to its `s3://bucket/prefix/` (create-only `PutObject`;
+    `stage_region` required) or `gs://bucket/prefix/` (create-only upload)"""
     max_attempts: int = Field(5, ge=1, le=20)
+    """How long to wait for Snowpipe's load reports; staging retries."""
 
     def destination(self) -> str:
         return f"snowflake:{self.account}/{self.database}.{self.schema_name}.{self.table}".lower()
