@@ -20,10 +20,13 @@ import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
 from transforms import coders, commit
+from transforms.profiles.warehouse import to_warehouse
 from transforms.storage import storage_for
 from transforms.timestamps import format_us
 
 NAMESPACE = "beamhouse"
+# The tag of every transform's dead-letter output (they flatten into one output: WriteDeadLetters).
+DEAD_LETTERS = "dead_letters"
 RECORDS_PER_FILE = 10_000
 
 REASONS = {
@@ -146,3 +149,19 @@ class WriteDeadLetters(beam.PTransform):
                     tuple[int, pa.Table])
                 | "CollectDeadLetters" >> coders.GroupTablesByKey()
                 | "WriteDeadLetterFiles" >> beam.ParDo(_WriteDeadLetterFilesFn(self._path)))
+
+
+def payload_of(row: dict) -> str:
+    return orjson.dumps(row, option=orjson.OPT_NAIVE_UTC).decode()
+
+
+def sink_dead_letters(iid: str, reason: str, rows: pa.Table, error: str, with_payload: bool = True):
+    """Dead-letter records for ``rows`` (as tagged outputs), counted for integration ``iid``. Without
+    payload the record keeps the event id and reason only (used when writing the event anywhere would
+    break a guarantee, e.g. its tenant's encryption key is unusable)."""
+    count(reason, iid, rows.num_rows)
+    for row in to_warehouse(rows).to_pylist():
+        payload = payload_of(row) if with_payload else None
+        err = error if with_payload else f"{error}; payload withheld, re-deliver by event_id from the input"
+        yield beam.pvalue.TaggedOutput(DEAD_LETTERS, make_record(
+            reason, "sink", err, payload, row["source_id"], integration_id=iid, event_id=row["event_id"]))

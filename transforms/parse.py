@@ -24,10 +24,10 @@ import pyarrow as pa
 from apache_beam.metrics import Metrics
 
 from transforms import coders, deadletter  # noqa: F401 (coders: registers the Arrow shuffle coder)
+from transforms.deadletter import DEAD_LETTERS
 from transforms.dialects import cloudevents, common, otel, segment, segment_bulk, snowplow
 from transforms.events import batch_schema
 
-DEAD_LETTERS = "dead_letters"
 _log = logging.getLogger(__name__)
 # The deepest --max_nesting_depth: orjson writes at most 254 levels back out (its recursion limit), and
 # an event's JSON columns sit one level below the event. The depth check itself walks iteratively.

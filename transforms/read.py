@@ -31,8 +31,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from transforms import deadletter
+from transforms.deadletter import DEAD_LETTERS
 
-DEAD_LETTERS = "dead_letters"
 # Decompressing readers that raise on a missing end of stream, by Beam's name for the compression.
 _CHECKED_READERS = {
     CompressionTypes.GZIP: lambda raw: gzip.GzipFile(fileobj=raw, mode="rb"),

@@ -36,9 +36,8 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from transforms import coders, deadletter  # noqa: F401 (coders: Arrow shuffles)
+from transforms.deadletter import DEAD_LETTERS
 from transforms.dialects import cloudevents
-
-DEAD_LETTERS = "dead_letters"
 
 
 def split_message(data: bytes) -> list[bytes]:

@@ -12,7 +12,7 @@ import pytest
 from transforms import commit, partitioning, routes, secrets
 from transforms.integrations import validate_integrations
 from transforms.routes import Route, RouteOverride, Routing, UnknownTenant
-from transforms.sinks.files import partition_time_seconds
+from transforms.sinks.files.keying import partition_time_seconds
 from transforms.storage import local as local_storage
 from transforms.storage.local import TMP_DIR, LocalStorage
 
@@ -210,7 +210,7 @@ def test_local_storage_makes_folders_once_and_again_when_removed(tmp_path, monke
 
 
 def test_apportion_sums_exactly():
-    from transforms.sinks.files import apportion
+    from transforms.sinks.files.writing import apportion
 
     assert apportion({"a": 1, "b": 1, "c": 1}, 100) == {"a": (1, 34), "b": (1, 33), "c": (1, 33)}
     shares = apportion({"a": 7, "b": 2, "(none)": 1}, 12345)

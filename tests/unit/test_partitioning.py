@@ -120,7 +120,7 @@ def test_partition_times_formatted_once_per_unit_match_formatting_every_row(valu
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from transforms.sinks.files import format_partition_times
+    from transforms.sinks.files.keying import format_partition_times
 
     t = P.parse_template(template)
     seconds = pa.chunked_array([pa.array(values[:len(values) // 2], pa.timestamp("s", tz="UTC")),

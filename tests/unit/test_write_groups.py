@@ -9,7 +9,7 @@ import pyarrow as pa
 from transforms.events import batch_schema
 from transforms.integrations import validate_integrations
 from transforms.routing import stamp
-from transforms.sinks.files import WRITE_GROUPS, _KeyByPartitionFn, split_destinations
+from transforms.sinks.files.keying import WRITE_GROUPS, _KeyByPartitionFn, split_destinations
 
 
 def events(n: int, tenants: int, hours: int, seed: int = 1) -> pa.Table:

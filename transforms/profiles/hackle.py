@@ -22,6 +22,7 @@ from decimal import ROUND_DOWN, Decimal, InvalidOperation
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from transforms.profiles.maps import lower_map, text
 
@@ -104,3 +105,21 @@ def to_hackle(rows: pa.Table, metric_property: str = "revenue", identifier_paths
     arrays += [pa.array(cols[n], STRING_MAP) for n in ("identifiers", "event_properties", "user_properties",
                                                        "platform_properties")]
     return pa.Table.from_arrays(arrays, schema=SCHEMA), collisions
+
+
+class HackleSettings(BaseModel):
+    """``profile: hackle`` options (see ``transforms.profiles.hackle``)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    metric_property: str = Field("revenue", min_length=1, max_length=256)
+    """The property whose numeric value becomes `metric_value`."""
+    identifier_paths: dict[str, str] = Field(default_factory=dict)
+    """Extra identifiers: name -> dotted path in `context`/`properties`/`traits`."""
+
+    @field_validator("identifier_paths")
+    @classmethod
+    def _paths(cls, value):
+        for name, path in value.items():
+            if path.split(".")[0] not in ("context", "properties", "traits"):
+                raise ValueError(f"identifier {name!r}: path must start with context, properties or traits")
+        return value

@@ -27,12 +27,16 @@ stops at the first day that is not complete, so a day is never signalled before 
 from __future__ import annotations
 
 import uuid
+from typing import Literal
 
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from transforms.profiles.maps import text
+from transforms.secrets import SecretField
+from transforms.storage import PublishError
 
 EVENTS_SCHEMA = pa.schema([
     pa.field("timestamp", pa.int64(), nullable=False),
@@ -148,3 +152,83 @@ def compute_metrics(events: pa.Table, day: str, metrics: list) -> pa.Table:
                     "numerator": total if aggregate == "ratio" else None,
                     "denominator": float(count) if aggregate == "ratio" else None})
     return pa.Table.from_pylist(out, schema=METRICS_SCHEMA)
+
+
+class StatsigMetric(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    name: str = Field(min_length=1, max_length=127)
+    """The metric's name in Statsig."""
+    event: str = Field(min_length=1)
+    """The event (`event` column) it is computed from."""
+    aggregate: Literal["count", "sum", "ratio"] = "count"
+    """Per unit and day: count of events, sum of `property`, or their ratio."""
+    property: str | None = None
+    """The property summed (needed by `sum` and `ratio`)."""
+    id_type: Literal["user_id", "stable_id"] = "user_id"
+    """The unit: the user id, or the stable id (`anonymous_id`)."""
+
+    @model_validator(mode="after")
+    def _property(self):
+        if self.aggregate != "count" and not self.property:
+            raise ValueError(f"metric {self.name!r}: aggregate {self.aggregate} needs 'property'")
+        return self
+
+
+class StatsigSettings(BaseModel):
+    """``profile: statsig`` options (see ``transforms.profiles.statsig``)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    timezone: str = "America/Los_Angeles"
+    """Time zone of Statsig's days (IANA name)."""
+    allowed_lateness_seconds: float = Field(3_600, ge=0, le=30 * 86_400)
+    """A day is finished once data received this long after its end was delivered."""
+    value_property: str = "value"
+    """The property that becomes `event_value`."""
+    metrics: list[StatsigMetric] = Field(default_factory=list)
+    """Metrics computed per unit from each finished day's events."""
+    signal: Literal["dataset", "mark_data_ready"] = "dataset"
+    """How a finished day is signalled: a `finished_date` file, or Statsig's mark_data_ready call."""
+    api_key: SecretField | None = None
+    """Statsig server secret for `mark_data_ready` (a reference such as `env:STATSIG_KEY`)."""
+    mark_data_ready_url: str = "https://api.statsig.com/v1/mark_data_ready"
+    """The mark_data_ready endpoint."""
+    mark_data_ready_types: list[Literal["metrics", "events"]] = Field(default_factory=lambda: ["metrics"])
+    """The `type`s signalled, one call each."""
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value):
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _signal(self):
+        if self.signal == "mark_data_ready" and self.api_key is None:
+            raise ValueError("signal mark_data_ready needs api_key (a server secret, e.g. env:STATSIG_KEY)")
+        return self
+
+
+def mark_data_ready(settings, day: str, end_us: int) -> dict:
+    """Statsig's mark_data_ready call for everything up to ``end_us``, the end of ``day`` in its time zone; raises
+    ``commit.PublishError`` (without the key) when Statsig does not accept it, so the day stays unsignalled."""
+    import urllib.error
+    import urllib.request
+
+    from transforms.secrets import redact
+
+    end_s = end_us // 1_000_000
+    for kind in settings.mark_data_ready_types:
+        request = urllib.request.Request(
+            settings.mark_data_ready_url, method="POST", data=orjson.dumps({"timestamp": end_s, "type": kind}),
+            headers={"statsig-api-key": settings.api_key.get(), "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                response.read()
+        except (urllib.error.URLError, OSError) as exc:
+            raise PublishError(redact(f"mark_data_ready for {day} ({kind}) failed: {exc}")) from None
+    return {"mark_data_ready": end_s, "types": list(settings.mark_data_ready_types)}

@@ -46,12 +46,12 @@ from apache_beam.metrics import Metrics
 from pydantic import Field
 
 from transforms import deadletter
+from transforms.deadletter import DEAD_LETTERS
 from transforms.integrations import BaseDestinationConfig
 from transforms.profiles.warehouse import COLUMNS, JSON_COLUMNS, TIME_COLUMNS, to_warehouse
 from transforms.secrets import SecretField, redact
 from transforms.sinks.base import Destination
 
-DEAD_LETTERS = "dead_letters"
 MAX_ROWS_PER_REQUEST = 50_000     # API limit
 MAX_REQUEST_BYTES = 9_000_000     # below the API's 10 MB request limit, leaving room for the envelope
 SCOPES = ("https://www.googleapis.com/auth/bigquery.insertdata", "https://www.googleapis.com/auth/bigquery")

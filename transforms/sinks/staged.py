@@ -37,9 +37,8 @@ import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
 from transforms import coders, deadletter
+from transforms.deadletter import DEAD_LETTERS
 from transforms.profiles.warehouse import JSON_COLUMNS, TIME_COLUMNS, to_warehouse
-
-DEAD_LETTERS = "dead_letters"
 
 
 @dataclass
