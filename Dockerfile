@@ -2,12 +2,16 @@
 # and the SDK harness of a Flink cluster (--environment_type=DOCKER --environment_config=<this image>).
 # The Beam SDK image's version and Python must match setup.py's apache-beam pin (checked by
 # tests/unit/test_packaging.py); the install step is the same `pip install` CI runs (without the test extra).
+# The Flex Template launcher, pinned by tag (Google's dated releases, YYYYMMDD_RC00; the newest its "Flex
+# Templates base images" page listed when this was written): build with --build-arg LAUNCHER_TAG=... to move.
+ARG LAUNCHER_TAG=20260122_RC00
+FROM gcr.io/dataflow-templates-base/python311-template-launcher-base:${LAUNCHER_TAG} AS launcher
+
 FROM apache/beam_python3.11_sdk:2.77.0
 
-# The Flex Template launcher, so this image can also launch the job (Dataflow's documented pattern for
-# templates that run on a custom SDK container).
-COPY --from=gcr.io/dataflow-templates-base/python311-template-launcher-base:latest \
-     /opt/google/dataflow/python_template_launcher /opt/google/dataflow/python_template_launcher
+# The launcher, so this image can also launch the job (Dataflow's documented pattern for templates that
+# run on a custom SDK container).
+COPY --from=launcher /opt/google/dataflow/python_template_launcher /opt/google/dataflow/python_template_launcher
 
 WORKDIR /opt/beamhouse
 COPY setup.py pyproject.toml README.md LICENSE ./

@@ -77,6 +77,7 @@ setup(
             "beamhouse-retention=pipelines.retention:main",
             "beamhouse-ddl=pipelines.ddl:main",
             "beamhouse-regenerate=pipelines.regenerate:main",
+            "beamhouse-runtime=pipelines.runtime:main",
         ]
     },
 )

@@ -34,7 +34,7 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines import cli, local_runner
+from pipelines import cli, local_runner, runtime
 from pipelines.options import DeliveryOptions
 from transforms import accounting, coders, secrets, streaming
 from transforms.deadletter import WriteDeadLetters
@@ -210,6 +210,7 @@ def run(argv=None) -> int:
         print("1 configuration error(s):\n  --integrations: the integrations file is required", file=sys.stderr)
         return 2
     integrations, errors = load_integrations(opts.integrations)
+    errors += runtime.runner_problems(options)
     inputs = opts.input or []
     sources = [n for n in ("input_subscription", "input_watch", "kafka_topic") if getattr(opts, n)]
     if len(sources) > 1 or (sources and inputs):
@@ -258,6 +259,11 @@ def run(argv=None) -> int:
                                                   "allowed_lateness_seconds": opts.allowed_lateness_seconds}
             build_pipeline(p, inputs, enabled, settings, opts.dead_letter, per_line=opts.per_line_input, stream=stream)
             result = p.run()
+            if runtime.submits_only(options):
+                job = result.job_id() if hasattr(result, "job_id") else "?"
+                print(f"submitted: job {job} runs on the service; its accounting is the job's counters "
+                      "(namespace beamhouse) in the service's console")
+                return 0
             try:
                 result.wait_until_finish()
             except KeyboardInterrupt:  # streaming runs until stopped; report what was done so far

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines import cli, local_runner
+from pipelines import cli, local_runner, runtime
 from transforms import accounting, coders, secrets
 from transforms.archive import read_lines, reported_files, rows_to_batch
 from transforms.deadletter import WriteDeadLetters, count, make_record
@@ -166,9 +166,11 @@ def run(argv=None) -> int:
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = "FnApiRunner"
     purposes = tuple(export.config.consent.require) if export.config.consent else ()
-    spill_error = coders.spill_options_error(options)
-    if spill_error:
-        print(f"1 configuration error(s):\n  {spill_error}", file=sys.stderr)
+    problems = runtime.runner_problems(options) + [e for e in [coders.spill_options_error(options)] if e]
+    if problems:
+        print(f"{len(problems)} configuration error(s):", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
         return 2
     worker.memory_settings()
     try:

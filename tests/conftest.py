@@ -59,3 +59,22 @@ def job_service():
     server = processes.start_job_service()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def prism():
+    """Beam's Prism runner, fetched once by the project's own command (pipelines.runtime; `go install`
+    from the Go module proxy, about a minute the first time); its path."""
+    from pipelines import runtime
+
+    if not runtime.prism_binary().exists():
+        assert runtime.fetch_prism() == 0, "python -m pipelines.runtime fetch prism failed"
+    return str(runtime.prism_binary())
+
+
+def runner_argv(runner: str, prism_location: str | None = None, streaming: bool = False) -> list[str]:
+    """Beam options naming ``runner`` (with the fetched Prism where it is Prism)."""
+    argv = [f"--runner={runner}"] + (["--streaming"] if streaming else [])
+    if runner == "PrismRunner":
+        argv.append(f"--prism_location={prism_location}")
+    return argv

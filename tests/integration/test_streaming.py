@@ -1,4 +1,5 @@
-"""Streaming delivery on the BundleBasedDirectRunner with TestStream: both batch limits (size and interval),
+"""Streaming delivery on the BundleBasedDirectRunner (and, where a test takes ``runner``, on Prism) with
+TestStream: both batch limits (size and interval),
 the idle flush, de-duplication, late events into their old partition, too-late events as dead letters."""
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.transforms.window import TimestampedValue
 
 from pipelines import deliver
+from tests.conftest import runner_argv
 from transforms.integrations import validate_integrations
 from transforms.parse import ParseSettings
 from transforms.profiles import statsig
@@ -43,7 +45,7 @@ def files_in(root: Path) -> dict[str, list[str]]:
     return out
 
 
-def run_stream(tmp_path, stream: TestStream, batch_size=5, interval=10.0):
+def run_stream(tmp_path, stream: TestStream, batch_size=5, interval=10.0, runner=("BundleBasedDirectRunner", None)):
     integrations, errors = validate_integrations([{
         "source_id": "src", "vendor": "files", "name": "Lake", "config": {
             "path": str(tmp_path / "lake"), "file_format": "json", "batch_size": batch_size,
@@ -51,7 +53,7 @@ def run_stream(tmp_path, stream: TestStream, batch_size=5, interval=10.0):
             "partition_by": "date={date}/hour={HH}"}}])
     assert not errors
     settings = ParseSettings(source_id="src", consent_purposes=("analytics",))
-    options = PipelineOptions(["--runner=BundleBasedDirectRunner", "--streaming"])
+    options = PipelineOptions(runner_argv(runner[0], runner[1], streaming=True))
     with beam.Pipeline(options=options) as p:
         lines = p | stream
         out = deliver.build_pipeline(p, [], integrations, settings, str(tmp_path / "dead"), stream={
@@ -60,7 +62,14 @@ def run_stream(tmp_path, stream: TestStream, batch_size=5, interval=10.0):
     return out
 
 
-def test_batches_obey_size_and_interval_and_flush_when_idle(tmp_path):
+@pytest.fixture(params=["BundleBasedDirectRunner", "PrismRunner"])
+def runner(request):
+    """The streaming engines these TestStream tests run on: the DirectRunner's and Prism."""
+    location = request.getfixturevalue("prism") if request.param == "PrismRunner" else None
+    return request.param, location
+
+
+def test_batches_obey_size_and_interval_and_flush_when_idle(tmp_path, runner):
     first = [event(i, T0 + timedelta(seconds=i)) for i in range(10)]
     idle = [event(100 + i, T0 + timedelta(minutes=1, seconds=i)) for i in range(2)]
     later = [event(200 + i, T0 + timedelta(minutes=2, seconds=i)) for i in range(3)]
@@ -73,24 +82,30 @@ def test_batches_obey_size_and_interval_and_flush_when_idle(tmp_path):
               .add_elements(arrive(later + [first[0]], T0 + timedelta(minutes=2)))  # + a duplicate
               .advance_processing_time(30)
               .advance_watermark_to_infinity())
-    run_stream(tmp_path, stream)
+    run_stream(tmp_path, stream, runner=runner)
     files = files_in(tmp_path / "lake")
     batches = list(files.values())
     assert all(len(b) <= 5 for b in batches)                           # never more than batch_size per file
     ids = sorted(i for b in batches for i in b)
     assert ids == sorted([f"m-{i}" for i in range(10)] + ["m-100", "m-101"] + [f"m-{200 + i}" for i in range(3)])
     got = sorted(sorted(b) for b in batches)
+    reports = [orjson.loads(p.read_bytes()) for p in (tmp_path / "lake" / "_reports").glob("*.report")]
+    assert sorted(f["path"] for r in reports for f in r["files"]) == sorted(files)
+    if runner[0] == "PrismRunner":
+        # Prism 2.77 does not fire GroupIntoBatches' processing-time flush under TestStream's synthetic
+        # clock (apache/beam#30083): the idle pair waits for the next events, and the drain flushes the
+        # rest. Nothing is lost or doubled and no file exceeds batch_size; the interval is checked on the
+        # DirectRunner below (docs/runners.md says so).
+        assert sorted(len(b) for b in got) == [5, 5, 5]
+        return
     # Size: the first ten made two batches of five at once. Interval: the idle pair was flushed on its own
     # (not held until the next events came), and so were the last three when the stream went quiet.
     assert sorted(len(b) for b in got) == [2, 3, 5, 5]
     assert ["m-100", "m-101"] in got and ["m-200", "m-201", "m-202"] in got
-    # Each batch firing wrote a delivery report naming its files.
-    reports = [orjson.loads(p.read_bytes()) for p in (tmp_path / "lake" / "_reports").glob("*.report")]
-    assert sorted(f["path"] for r in reports for f in r["files"]) == sorted(files)
-    assert len(reports) >= 3
+    assert len(reports) >= 3  # each batch firing wrote a delivery report naming its files
 
 
-def test_drain_delivers_a_batch_still_buffered(tmp_path):
+def test_drain_delivers_a_batch_still_buffered(tmp_path, runner):
     """Drain (Dataflow's drain, Flink's stop-with-savepoint --drain) advances the watermark to infinity: a
     batch still buffered - under batch_size and inside its interval, with no processing time passing - is
     delivered then, with its report, not lost."""
@@ -99,13 +114,13 @@ def test_drain_delivers_a_batch_still_buffered(tmp_path):
               .advance_watermark_to(T0.timestamp())
               .add_elements(arrive(lines, T0))
               .advance_watermark_to_infinity())
-    run_stream(tmp_path, stream, batch_size=100, interval=3600)
+    run_stream(tmp_path, stream, batch_size=100, interval=3600, runner=runner)
     files = files_in(tmp_path / "lake")
     assert sorted(i for ids in files.values() for i in ids) == ["m-0", "m-1", "m-2"] and len(files) == 1
     assert len(list((tmp_path / "lake" / "_reports").glob("*.report"))) == 1
 
 
-def test_late_events_land_in_their_old_partition_and_too_late_ones_are_dead_letters(tmp_path):
+def test_late_events_land_in_their_old_partition_and_too_late_ones_are_dead_letters(tmp_path, runner):
     on_time = [event(i, T0 + timedelta(seconds=i)) for i in range(3)]
     arrived = T0 + timedelta(minutes=5)
     late = [event(300, T0 - timedelta(hours=5), arrived)]      # received 5 h after it happened: within a day
@@ -117,7 +132,7 @@ def test_late_events_land_in_their_old_partition_and_too_late_ones_are_dead_lett
               .add_elements(arrive(late + too_late, T0 + timedelta(minutes=5)))
               .advance_processing_time(30)
               .advance_watermark_to_infinity())
-    run_stream(tmp_path, stream)
+    run_stream(tmp_path, stream, runner=runner)
     files = files_in(tmp_path / "lake")
     by_partition = {}
     for rel, ids in files.items():

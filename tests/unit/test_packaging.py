@@ -26,6 +26,8 @@ def test_dockerfile_matches_the_beam_pin_and_installs_the_project():
     for path in ("pipelines", "transforms", "setup.py"):
         assert re.search(rf"^COPY .*\b{re.escape(path)}\b", docker, re.M)
     assert 'ENTRYPOINT ["/opt/apache/beam/boot"]' in docker
+    assert ":latest" not in docker  # every base image pinned
+    assert re.search(r"^ARG LAUNCHER_TAG=\d{8}_RC\d\d$", docker, re.M)
     entry = re.search(r"FLEX_TEMPLATE_PYTHON_PY_FILE=/opt/beamhouse/(\S+)", docker).group(1)
     assert (ROOT / entry).exists()
 
@@ -107,3 +109,14 @@ def test_arrow_pool_is_jemalloc_for_the_job_and_its_workers_unless_set(monkeypat
         assert pa.default_memory_pool().backend_name == before.backend_name
     finally:
         pa.set_memory_pool(before)
+
+
+def test_only_a_dataflow_launch_returns_without_waiting():
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines.runtime import submits_only
+
+    assert submits_only(PipelineOptions(["--runner=DataflowRunner"]))
+    assert submits_only(PipelineOptions(["--runner=apache_beam.runners.dataflow.dataflow_runner.DataflowRunner"]))
+    for runner in ("FnApiRunner", "PrismRunner", "FlinkRunner", "DirectRunner", None):
+        assert not submits_only(PipelineOptions([f"--runner={runner}"] if runner else []))
