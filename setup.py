@@ -28,6 +28,13 @@ INSTALL_REQUIRES = [
     "scramp>=1.4,<1.5",
     # sFTP: paramiko (host-key verification, standard rename that never overwrites).
     "paramiko>=3.4,<6",
+    # The management API (pipelines.admin) and its configuration database (transforms.configdb):
+    # PostgreSQL through pg8000 (pure Python, already required by the Redshift driver's stack).
+    "fastapi>=0.115,<1",
+    "uvicorn>=0.30,<1",
+    "sqlalchemy>=2.0,<3",
+    "pg8000>=1.30,<2",
+    "cryptography>=42",
 ]
 
 EXTRAS = {
@@ -44,6 +51,8 @@ EXTRAS = {
         "fakesnow[server]>=0.12.1,<0.13",
         # sFTP server run in-process by the tests.
         "asyncssh>=2.14,<3",
+        # The management API's OpenAPI contract is fuzzed (bounded) by schemathesis.
+        "schemathesis>=3.30,<5",
         # The vendors' own SDKs, whose real output the dialect tests capture (tests/servers/capture.py).
         "snowplow-tracker>=1.0,<2",
         "snowplow-analytics-sdk>=0.2.3,<0.3",
@@ -78,6 +87,7 @@ setup(
             "beamhouse-ddl=pipelines.ddl:main",
             "beamhouse-regenerate=pipelines.regenerate:main",
             "beamhouse-runtime=pipelines.runtime:main",
+            "beamhouse-admin=pipelines.admin:main",
         ]
     },
 )

@@ -36,7 +36,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from pipelines import cli, local_runner, runtime
 from pipelines.options import DeliveryOptions
-from transforms import accounting, coders, secrets, streaming
+from transforms import accounting, coders, configdb, secrets, streaming
 from transforms.deadletter import WriteDeadLetters
 from transforms.dedup import DeduplicateEvents
 from transforms.integrations import load_integrations
@@ -279,6 +279,12 @@ def run(argv=None) -> int:
         return 1
     summary = accounting.summarise(accounting.counters(result), enabled)
     print(accounting.format_summary(summary))
+    if configdb.is_database_url(opts.integrations):
+        try:  # the management API's delivery status; the run's outcome does not depend on it
+            configdb.record_deliveries(opts.integrations, summary)
+        except Exception as exc:  # noqa: BLE001 - a warning, never the URL's password
+            log.warning("the run's figures could not be recorded in %s (%s)", configdb.display_url(opts.integrations),
+                        type(exc).__name__)
     if opts.summary:
         os.makedirs(os.path.dirname(os.path.abspath(opts.summary)), exist_ok=True)
         with open(opts.summary, "wb") as fh:

@@ -44,7 +44,7 @@ def _options_table(parser: argparse.ArgumentParser) -> list[str]:
 
 
 def cli_reference() -> str:
-    from pipelines import cli, ddl, regenerate, retention, runtime, validate
+    from pipelines import admin, cli, ddl, regenerate, retention, runtime, validate
     from pipelines.options import DeliveryOptions
     from transforms.coders import ShuffleOptions
 
@@ -56,6 +56,7 @@ def cli_reference() -> str:
                ("python -m pipelines.validate", validate.build_parser()),
                ("python -m pipelines.ddl", ddl.build_parser()),
                ("python -m pipelines.retention", retention.build_parser()),
+               ("python -m pipelines.admin", admin.build_parser()),
                ("python -m pipelines.runtime fetch", runtime.build_parser()._subparsers._group_actions[0].choices["fetch"])]
     for prog, parser in entries:
         out += [f"## `{prog}`", "", *_options_table(parser), ""]

@@ -232,7 +232,21 @@ def shared_destination_errors(indexed) -> list[str]:
 
 
 def load_integrations(path: str) -> tuple[list[Integration], list[str]]:
-    """Read and validate an integrations file from any Beam filesystem path."""
+    """Read and validate an integrations file from any Beam filesystem path, or the integrations the
+    management API's database holds (``sqlite:///PATH``, ``postgresql://...``; secrets decrypted with
+    ``BEAMHOUSE_MASTER_KEY``)."""
+    from transforms import configdb
+
+    if configdb.is_database_url(path):
+        try:
+            bodies = configdb.unmasked_bodies(path)
+        except configdb.ConfigDBError as exc:
+            return [], [f"{configdb.display_url(path)}: {exc}"]
+        except Exception as exc:  # noqa: BLE001 - the driver's message may hold the URL: name the type only
+            return [], [f"{configdb.display_url(path)}: cannot read the configuration database ({type(exc).__name__})"]
+        if not bodies:
+            return [], [f"{configdb.display_url(path)}: the configuration database holds no integration"]
+        return validate_integrations(bodies)
     from apache_beam.io.filesystems import FileSystems
 
     try:

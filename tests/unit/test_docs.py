@@ -20,10 +20,10 @@ def test_generated_reference_and_flex_template_metadata_are_current():
 def test_every_option_the_docs_name_exists():
     from apache_beam.options.pipeline_options import PipelineOptions  # noqa: F401 - registers Beam's options
 
-    from pipelines import cli, ddl, regenerate, retention, runtime, validate
+    from pipelines import admin, cli, ddl, regenerate, retention, runtime, validate
 
     known = cli.known_flags()
-    for module in (ddl, regenerate, retention, validate):
+    for module in (admin, ddl, regenerate, retention, validate):
         known |= {o for a in module.build_parser()._actions for o in a.option_strings}
     fetch = runtime.build_parser()._subparsers._group_actions[0].choices["fetch"]
     known |= {o for a in fetch._actions for o in a.option_strings}
