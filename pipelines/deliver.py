@@ -279,6 +279,8 @@ def run(argv=None) -> int:
         return 1
     summary = accounting.summarise(accounting.counters(result), enabled)
     print(accounting.format_summary(summary))
+    if summary["dead_letters"]["total"] or any(e["sink_dead_letters"] for e in summary["integrations"].values()):
+        print(f"dead letters -> {opts.dead_letter}")
     if configdb.is_database_url(opts.integrations):
         try:  # the management API's delivery status; the run's outcome does not depend on it
             configdb.record_deliveries(opts.integrations, summary)

@@ -41,8 +41,10 @@ def summarise(values: dict[str, int], integrations) -> dict:
         prefix = f"{iid}."
         own = {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix)}
         own_dead = {k.split(".", 1)[1]: v for k, v in own.items() if k.startswith("dead_letter.")}
+        where = integ.config.destination() if hasattr(integ.config, "destination") else None
         entry = {
             "vendor": integ.vendor,
+            **({"destination": where} if where else {}),
             "delivered": own.get("delivered", 0),
             "consent_dropped": own.get("consent_dropped", 0),
             "dead_lettered": sum(shared_dead.values()) + sum(own_dead.values()),
@@ -99,6 +101,8 @@ def format_summary(summary: dict) -> str:
                                                    "files_of_concurrent_run", "rows_inserted") if k in e)
         lines.append(f"{iid} ({e['vendor']}): delivered {e['delivered']}  consent_dropped {e['consent_dropped']}"
                      f"  dead_lettered {e['dead_lettered']}{extra}  {'balanced' if e['balanced'] else 'NOT BALANCED'}")
+        if e.get("destination"):
+            lines.append(f"  -> {e['destination']}")
         if e.get("files_differ"):
             lines.append(f"  WARNING {iid}: {e['files_differ']} files already present hold these events written "
                          "with other settings (format, selection, profile ...); they were not rewritten and the "
@@ -106,7 +110,7 @@ def format_summary(summary: dict) -> str:
         if e.get("ledger_unavailable"):
             lines.append(f"  WARNING {iid}: the destination refused listing or reading its _ledger/ folder "
                          f"({e['ledger_unavailable']} partitions): a re-run over grown input may deliver their "
-                         "events again; grant list and read access there (see README, Exactly once)")
+                         "events again; grant list and read access there (docs/guarantees.md, Exactly once)")
         for q in e.get("quota", {}).get("exceeded", []):
             lines.append(f"  quota exceeded for tenant {q['tenant']!r}: {q['bytes_written']} bytes written, "
                          f"daily quota {q['daily_bytes']} ({e['quota']['action']})")

@@ -149,6 +149,50 @@ def has_inline(model) -> list[str]:
     return found
 
 
+def iter_secrets(model, prefix: str = ""):
+    """``(path, Secret)`` for every secret in a pydantic model, recursively (``a.b``)."""
+    for name in type(model).model_fields:
+        value = getattr(model, name, None)
+        path = f"{prefix}{name}"
+        if isinstance(value, Secret):
+            yield path, value
+        elif hasattr(type(value), "model_fields"):
+            yield from iter_secrets(value, path + ".")
+
+
+def format_problem(field: str, value: str, passphrase: str | None = None) -> str | None:
+    """Why a resolved secret cannot be what ``field`` needs, without network and without the value: a
+    service-account key must be JSON of ``type`` ``service_account`` with a PEM private key; a
+    ``private_key`` must be a PEM private key (opened with ``passphrase`` when given). None when it parses."""
+    import orjson
+
+    def pem_problem(pem: str, what: str) -> str | None:
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        try:
+            load_pem_private_key(pem.encode(), password=passphrase.encode() if passphrase else None)
+        except TypeError:
+            return f"{what} is encrypted: give its passphrase"
+        except (ValueError, Exception):  # noqa: BLE001 - any parse failure; the message could quote key bytes
+            return f"{what} is not a readable PEM private key"
+        return None
+
+    if field.endswith("service_account_json"):
+        try:
+            info = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return "not JSON (a service account key file's content is expected)"
+        if not isinstance(info, dict) or info.get("type") != "service_account":
+            return 'not a service account key (JSON with "type": "service_account" expected)'
+        missing = [k for k in ("private_key", "client_email") if not isinstance(info.get(k), str)]
+        if missing:
+            return f"service account key without {', '.join(missing)}"
+        return pem_problem(info["private_key"], "its private_key")
+    if field.endswith("private_key"):
+        return pem_problem(value, "the key")
+    return None
+
+
 def printed_forms(value: str) -> set[str]:
     """``value`` and the forms clients print it in: Python-escaped (``repr`` of the text or of its UTF-8
     bytes, as botocore prints header values), JSON-escaped, URL-encoded (path and form style)."""

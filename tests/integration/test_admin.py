@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -19,22 +18,17 @@ import orjson
 import pytest
 
 from tests.guarantees.invariants import REPO, check_conservation
+from tests.seed000 import seed_bodies
 from tests.servers.processes import free_port
 
 pytestmark = pytest.mark.timeout(600)
 
-SEED = next(p for p in (REPO.parent / "shared" / "seeds").glob("000_*"))
 TOKEN = "admin-token-5f1c9e"
 OTHER_TOKEN = "ops-token-77aa01"
 # Inline values planted in the bodies: none may be readable anywhere but through the jobs.
 PLANTED = {"bigquery": ("service_account_json", '{"type": "service_account", "private_key": "PLANTED-BQ-KEY-91f3"}'),
            "s3": ("access_key_id", "AKIAPLANTED0000S3KEY"),
            "redshift": ("password", "PLANTED-rs-password-4c2d")}
-
-
-def seed_bodies() -> list[dict]:
-    """The seed's curl bodies, exactly as written."""
-    return [json.loads(b) for b in re.findall(r"-d '(\{.*?\})'", SEED.read_text(), re.S)]
 
 
 class Admin:

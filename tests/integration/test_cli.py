@@ -50,6 +50,11 @@ def test_beam_options_pass(tmp_path):
     done = deliver(*_files(tmp_path), f"--input={tmp_path / 'in.ndjson'}", "--runner=FnApiRunner",
                    "--direct_running_mode=in_memory", "--direct_num_workers=1", "--no_pipeline_type_check")
     assert done.returncode == 0, done.stderr
+    # the run says where each integration delivered, and where the dead letters went when there are any
+    assert f"  -> file://{tmp_path / 'lake'}/" in done.stdout and "dead letters ->" not in done.stdout
+    (tmp_path / "in.ndjson").write_bytes(b"\n".join(lines + [b"{broken"]) + b"\n")
+    done = deliver(*_files(tmp_path), f"--input={tmp_path / 'in.ndjson'}")
+    assert done.returncode == 0 and f"dead letters -> {tmp_path / 'dead'}" in done.stdout, done.stderr
 
 
 def test_snowplow_lines_read_as_segment_fail_the_run_after_writing_the_dead_letters(tmp_path):
@@ -125,3 +130,42 @@ def test_regenerate_refuses_an_unknown_option_too(tmp_path):
                            "--from=2026-01-28", "--to=2026-01-29", f"--output={tmp_path / 'x'}", "--dead-letter=x"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--dead-letter: unknown option (did you mean --dead_letter?)" in done.stderr
+
+
+def test_validate_check_secrets_parses_keys_without_the_network(tmp_path):
+    """The seed's placeholder keys pass plain validation (which says secrets were not checked) and fail
+    --check-secrets, naming the field and never the value; real-looking keys pass."""
+    import json
+    import subprocess
+    import sys
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from tests.guarantees.invariants import REPO
+    from tests.seed000 import seed_bodies
+
+    bodies = seed_bodies()
+    (tmp_path / "seed.json").write_text(json.dumps(bodies))
+
+    def validate(*args):
+        return subprocess.run([sys.executable, "-m", "pipelines.validate", *args], cwd=REPO, capture_output=True,
+                              text=True, env={**__import__("os").environ, "AWS_SECRET": "from-the-env"})
+
+    plain = validate(str(tmp_path / "seed.json"))
+    assert plain.returncode == 0 and plain.stdout.count("secrets not checked") == 4
+    checked = validate(str(tmp_path / "seed.json"), "--check-secrets")
+    assert checked.returncode == 2
+    assert "$[0].config.service_account_json (bigquery_events): not JSON" in checked.stderr
+    assert "$[1].config.private_key (snowflake_events): the key is not a readable PEM private key" in checked.stderr
+    assert "BEGIN PRIVATE KEY" not in checked.stderr and "service_account\\" not in checked.stderr
+    pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    bodies[0]["config"]["service_account_json"] = json.dumps(
+        {"type": "service_account", "project_id": "p", "private_key": pem, "client_email": "sa@p.iam.gserviceaccount.com"})
+    (tmp_path / "key.p8").write_text(pem)
+    bodies[1]["config"]["private_key"] = f"file:{tmp_path / 'key.p8'}"
+    (tmp_path / "real.json").write_text(json.dumps(bodies))
+    checked = validate(str(tmp_path / "real.json"), "--check-secrets")
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.count("secrets resolved and parsed") == 4

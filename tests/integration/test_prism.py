@@ -47,6 +47,9 @@ def test_the_example_on_prism_delivers_exactly_what_the_fnapirunner_delivers(tmp
     """No --prism_location: the fetched binary is found by pipelines.runtime."""
     direct = example_run(tmp_path / "direct", "FnApiRunner")
     on_prism = example_run(tmp_path / "prism", "PrismRunner")
+    for summary in (direct, on_prism):  # where each delivered: its own folder
+        for entry in summary["integrations"].values():
+            assert entry.pop("destination").startswith(("file://" + str(tmp_path), "duckdb:" + str(tmp_path)))
     assert on_prism == direct and on_prism["balanced"]
     files = data_files(tmp_path / "prism")
     assert files and files == data_files(tmp_path / "direct")  # same names, same bytes
