@@ -43,6 +43,8 @@ REASONS = {
     "invalid_timestamp": "timestamp, originalTimestamp, receivedAt or sentAt cannot be parsed",
     "timestamp_out_of_range": "timestamp outside the window around received_at, or received_at outside the "
                               "window (--max_past_days / --max_future_hours) around the processing time",
+    "unsupported_signal": "an OpenTelemetry export of metrics: measurements, not events (send them to a "
+                          "metrics backend); logs and traces are accepted",
     "internal_error": "handling this one event raised an unexpected error (the error names its type): a bug to "
                       "report; the event is kept here instead of failing the run",
     "corrupt_input": "a compressed input file is damaged or cut short; the events before the damage were read "

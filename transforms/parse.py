@@ -388,6 +388,9 @@ class _ParseBatchFn(beam.DoFn):
         if line.count(b"{") + line.count(b"[") > s.max_nesting_depth and _too_deep(obj, s.max_nesting_depth):
             yield self._reject("too_deep", "parse", f"nesting deeper than {s.max_nesting_depth}", line)
             return
+        captured = cloudevents.from_http_capture(obj)
+        if captured is not None:  # an HTTP request recorded as JSON: what it carried is the record
+            obj = captured
         dialect = _detect(obj) if declared == "auto" else declared
         if dialect == "segment":
             if type(obj) is not dict:
@@ -429,6 +432,16 @@ class _ParseBatchFn(beam.DoFn):
                                                        if isinstance(e, dict) else _not_object(e)))
                         for e in obj]
         elif dialect == "otel" and otel.looks_otlp(obj):
+            kind = otel.signal(obj)
+            if kind == "metrics":
+                return [("otel", common.guarded(None, line, lambda: _raise(
+                    "unsupported_signal", "an OTLP metrics export (resourceMetrics): measurements, not events; "
+                                          "OTLP logs and traces are accepted")))]
+            if kind == "traces":
+                return [("otel", common.guarded(None, otel.span_payload(rs, ss, span, ev),
+                                                lambda rs=rs, ss=ss, span=span, ev=ev: otel.normalise_span(
+                                                    rs, ss, span, ev, limits)))
+                        for rs, ss, span, ev in otel.spans(obj)]
             return [("otel", common.guarded(None, otel.record_payload(rl, sl, rec),
                                             lambda rl=rl, sl=sl, rec=rec: otel.normalise(rl, sl, rec, limits)))
                     for rl, sl, rec in otel.records(obj)]
@@ -439,10 +452,10 @@ class _ParseBatchFn(beam.DoFn):
             return [("snowplow", common.guarded(None, orjson.dumps(p) if many else line, lambda p=p: snowplow.normalise_fields(
                         snowplow.enriched_from_tracker(p) if isinstance(p, dict) else _not_object(p), limits)))
                     for p in snowplow.tracker_records(obj)]
-        what = "JSON " + type(obj).__name__ if not isinstance(obj, dict) else "object"
+        what = _describe(obj)
         return [(dialect, common.guarded(None, line, lambda: _raise(
             "not_an_object" if not isinstance(obj, (dict, list)) else "invalid_field",
-            f"a {what} is not a {dialect} record")))]
+            f"{what} is not {_NAMES.get(dialect, dialect)} record (--input_dialect {dialect})")))]
 
     def _append_items(self, items, cols):
         """Append normalised events to ``cols``; yield the dead letters of rejected ones."""
@@ -511,6 +524,23 @@ class _ParseBatchFn(beam.DoFn):
 
 def _raise(reason: str, error: str):
     raise segment.Rejected(reason, error)
+
+
+_NAMES = {"otel": "an OpenTelemetry (OTLP JSON) export", "cloudevents": "a CloudEvent",
+          "snowplow": "a Snowplow", "segment": "a Segment"}
+
+
+def _describe(obj) -> str:
+    """What a record looks like, for messages: its dialect when it is another one, else its shape."""
+    if not isinstance(obj, (dict, list)):
+        return f"a JSON {type(obj).__name__}"
+    if isinstance(obj, list):
+        return f"a JSON array of {len(obj)}"
+    found = _detect(obj)
+    if found != "segment":
+        return f"{_NAMES[found]} record"
+    keys = ", ".join(sorted(map(str, obj))[:6])
+    return f"an object with keys {keys}" if keys else "an empty object"
 
 
 def _not_object(value):

@@ -98,21 +98,71 @@ def cloudevents_messages():
     return event, to_structured_event(event), to_binary_event(event), kafka.to_binary_event(event)
 
 
-def otlp_json(body: bytes) -> bytes:
-    """An OTLP/HTTP protobuf export request -> OTLP JSON as the spec encodes it (lowerCamelCase keys,
-    enums as integers, 64-bit integers as strings, trace and span ids as hex rather than base64)."""
+def otlp_json(body: bytes, signal: str = "logs") -> bytes:
+    """An OTLP/HTTP protobuf export request (``logs``, ``traces`` or ``metrics``) -> OTLP JSON as the spec
+    encodes it (lowerCamelCase keys, enums as integers, 64-bit integers as strings, trace and span ids as hex
+    rather than base64)."""
     from google.protobuf.json_format import MessageToDict
     from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-    message = ExportLogsServiceRequest.FromString(body)
-    obj = MessageToDict(message, use_integers_for_enums=True)
-    for rl in obj.get("resourceLogs", []):
-        for sl in rl.get("scopeLogs", []):
-            for rec in sl.get("logRecords", []):
-                for key in ("traceId", "spanId"):
-                    if key in rec:
-                        rec[key] = base64.b64decode(rec[key]).hex()
+    kind = {"logs": ExportLogsServiceRequest, "traces": ExportTraceServiceRequest,
+            "metrics": ExportMetricsServiceRequest}[signal]
+    obj = MessageToDict(kind.FromString(body), use_integers_for_enums=True)
+
+    def hex_ids(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("traceId", "spanId", "parentSpanId") and isinstance(value, str):
+                    node[key] = base64.b64decode(value).hex()
+                else:
+                    hex_ids(value)
+        elif isinstance(node, list):
+            for item in node:
+                hex_ids(item)
+    hex_ids(obj)
     return orjson.dumps(obj)
+
+
+def otel_trace_export(server: CaptureServer):
+    """A server span with a child client span and one span event, from the SDK's OTLP/HTTP span exporter."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.trace import SpanKind
+
+    start = len(server.requests)
+    provider = TracerProvider(resource=Resource.create({"service.name": "checkout", "tenant.id": "acme"}))
+    provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=f"http://127.0.0.1:{server.port}/v1/traces")))
+    tracer = provider.get_tracer("shop.http", "1.2.0")
+    t0 = 1_769_697_000_123_456_789
+    with tracer.start_as_current_span("POST /checkout", kind=SpanKind.SERVER, start_time=t0, end_on_exit=False,
+                                      attributes={"user.id": "user-1", "http.status_code": 201}) as parent:
+        parent.add_event("payment.authorized", {"amount": 12.5, "consent.analytics": True}, timestamp=t0 + 5_000_000)
+        with tracer.start_as_current_span("charge card", kind=SpanKind.CLIENT, start_time=t0 + 1_000_000,
+                                          end_on_exit=False) as child:
+            child.end(end_time=t0 + 4_000_000)
+        parent.end(end_time=t0 + 9_000_000)
+    provider.shutdown()
+    requests = server.wait_for(start + 1)[start:]
+    return [r for r in requests if r.path == "/v1/traces"]
+
+
+def otel_metrics_export(server: CaptureServer):
+    """One counter's export from the SDK's OTLP/HTTP metric exporter."""
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+    start = len(server.requests)
+    reader = PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=f"http://127.0.0.1:{server.port}/v1/metrics"),
+                                           export_interval_millis=60_000)
+    provider = MeterProvider(metric_readers=[reader])
+    provider.get_meter("shop").create_counter("orders").add(3, {"region": "eu"})
+    provider.shutdown()
+    return server.wait_for(start + 1)[start]
 
 
 def otel_export(server: CaptureServer):

@@ -149,6 +149,13 @@ def test_a_bad_cloudevent_in_a_batch_costs_only_itself():
     assert "source" in dead[0]["error"] and orjson.loads(dead[0]["payload"]) == bad
 
 
+def test_a_cloudevent_of_another_spec_version_says_which_it_is():
+    _, structured, _, _ = capture.cloudevents_messages()
+    old = {**orjson.loads(structured.body), "specversion": "0.3"}
+    rows, dead = parse([orjson.dumps(old)])
+    assert not rows and dead[0]["error"] == """specversion is '0.3': only CloudEvents 1.0 ("1.0") is supported"""
+
+
 def test_otlp_log_records_from_the_sdk(server):
     export = capture.otlp_json(capture.otel_export(server).body)
     rows, dead = parse([export])

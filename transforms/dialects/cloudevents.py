@@ -82,6 +82,28 @@ def binary_to_structured(attributes: dict, data: bytes | None, prefix: str = "ce
     return orjson.dumps(attrs)
 
 
+def from_http_capture(obj):
+    """What an HTTP request captured as JSON carried (``{"headers": {...}, "body": ...}``, with optional
+    ``method``/``path``/``url``/``query``, as request loggers and collectors record it): a binary-mode
+    CloudEvent (``ce-*`` headers, the body as its data) as the structured form, else the body itself (parsed
+    when it is JSON text). None when ``obj`` is not such a capture (an event has ``type`` or ``specversion``)."""
+    if not (isinstance(obj, dict) and isinstance(obj.get("headers"), dict) and "body" in obj
+            and "type" not in obj and "specversion" not in obj
+            and set(obj) <= {"headers", "body", "method", "path", "url", "query", "remote_addr", "received_at"}):
+        return None
+    body = obj["body"]
+    raw = body.encode() if isinstance(body, str) else (None if body is None else orjson.dumps(body))
+    structured = binary_to_structured(obj["headers"], raw)
+    if structured is not None:
+        return orjson.loads(structured)
+    if isinstance(body, str):
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return body
+    return body
+
+
 def _from_data(data, *keys):
     if isinstance(data, dict):
         for key in keys:
@@ -93,7 +115,9 @@ def _from_data(data, *keys):
 def normalise(obj: dict, limits: common.Limits) -> common.Normalised:
     """Map one structured CloudEvent (a parsed JSON object) to a canonical row; raises ``Rejected``."""
     if obj.get("specversion") != "1.0":
-        raise Rejected("invalid_field", "specversion: only CloudEvents 1.0 is supported")
+        found = obj.get("specversion")
+        shown = repr(found)[:40] if isinstance(found, (str, int, float)) else f"a JSON {type(found).__name__}"
+        raise Rejected("invalid_field", f"specversion is {shown}: only CloudEvents 1.0 (\"1.0\") is supported")
     for name in REQUIRED:
         if not isinstance(obj.get(name), str) or not obj[name]:
             raise Rejected("invalid_field", f"{name}: a CloudEvent needs a non-empty string {name!r}")

@@ -22,6 +22,17 @@ Columns:
   and schema URLs; ``app_id`` <- ``service.name``; ``tenant_id`` <- ``tenant.id`` (record, else resource);
   ``consent`` <- attributes ``consent.<purpose>`` (booleans).
 - ``traits``: null.
+
+Traces (``resourceSpans`` -> ``scopeSpans`` -> ``spans``): each span is an event and so is each of its span
+events. A span: ``event`` <- its ``name`` (else ``Span``), ``timestamp`` <- ``startTimeUnixNano``,
+``properties`` <- its attributes plus ``span.kind``, ``duration_ms`` and ``status`` (code, message). A span
+event: ``event`` <- its ``name`` (else ``Span Event``), ``timestamp`` <- its ``timeUnixNano``, ``properties``
+<- its attributes. Both: ``event_id`` <- attribute ``event.id``, else a UUID derived from the trace, span (and
+event) ids and content; ``context.otel`` holds ``signal`` (``trace``), ``trace_id``, ``span_id``,
+``parent_span_id``, ``kind``, ``start_time_unix_nano``, ``end_time_unix_nano``, the resource and the scope;
+identities, app, tenant and consent as for logs.
+
+Metrics (``resourceMetrics``) are measurements, not events: one ``unsupported_signal`` dead letter per export.
 """
 from __future__ import annotations
 
@@ -33,8 +44,22 @@ from transforms.dialects.segment import Rejected
 LOG_RECORD = "Log Record"
 
 
+SPAN, SPAN_EVENT = "Span", "Span Event"
+_KINDS = {0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
+
+
 def looks_otlp(obj) -> bool:
-    return isinstance(obj, dict) and isinstance(obj.get("resourceLogs"), list)
+    return isinstance(obj, dict) and any(isinstance(obj.get(k), list)
+                                         for k in ("resourceLogs", "resourceSpans", "resourceMetrics"))
+
+
+def signal(obj: dict) -> str:
+    """``logs``, ``traces`` or ``metrics``: what an OTLP export holds."""
+    if isinstance(obj.get("resourceSpans"), list):
+        return "traces"
+    if isinstance(obj.get("resourceMetrics"), list):
+        return "metrics"
+    return "logs"
 
 
 def any_value(value):
@@ -145,6 +170,96 @@ def normalise(resource_logs: dict, scope_logs: dict, record, limits: common.Limi
     except Rejected as rej:
         rej.event_id = event_id
         raise
+
+
+def spans(export: dict):
+    """``(resource_spans, scope_spans, span, span_event or None)`` for every span and span event."""
+    for resource_spans in export.get("resourceSpans") or []:
+        if not isinstance(resource_spans, dict):
+            continue
+        for scope_spans in resource_spans.get("scopeSpans") or []:
+            if not isinstance(scope_spans, dict):
+                continue
+            for span in scope_spans.get("spans") or []:
+                yield resource_spans, scope_spans, span, None
+                if isinstance(span, dict):
+                    for event in span.get("events") or []:
+                        yield resource_spans, scope_spans, span, event
+
+
+def _kind(value):
+    if isinstance(value, int):
+        return _KINDS.get(value, str(value))
+    if isinstance(value, str):
+        return value.removeprefix("SPAN_KIND_").lower()
+    return None
+
+
+def normalise_span(resource_spans: dict, scope_spans: dict, span, event, limits: common.Limits) -> common.Normalised:
+    """Map one span, or one of its span events, to a canonical row; raises ``Rejected``."""
+    if not isinstance(span, dict) or (event is not None and not isinstance(event, dict)):
+        raise Rejected("invalid_field", "spans: every span and span event must be an object")
+    resource = attributes((resource_spans.get("resource") or {}).get("attributes"))
+    scope_obj = scope_spans.get("scope") or {}
+    own = event if event is not None else span
+    attrs = attributes(own.get("attributes"))
+    explicit = attrs.get("event.id", attrs.get("event_id"))
+    event_id = common.id_text(explicit, "event.id") or common.derived_id(
+        limits.source_id, "otel-span", span.get("traceId"), span.get("spanId"), resource, scope_obj, own)
+    try:
+        received_at = limits.now_us
+        if event is None:
+            name = span.get("name") or SPAN
+            timestamp = _nanos(span.get("startTimeUnixNano"), "startTimeUnixNano") or received_at
+        else:
+            name = event.get("name") or SPAN_EVENT
+            timestamp = _nanos(event.get("timeUnixNano"), "timeUnixNano") or received_at
+        merged = {**resource, **attributes(span.get("attributes")), **attrs}
+        user_id = common.id_text(merged.get("user.id", merged.get("enduser.id")), "user.id")
+        anonymous_id = common.id_text(merged.get("device.id"), "device.id")
+        properties = dict(attrs)
+        if event is None:
+            start, end = _nanos(span.get("startTimeUnixNano"), "startTimeUnixNano"), \
+                _nanos(span.get("endTimeUnixNano"), "endTimeUnixNano")
+            if _kind(span.get("kind")) is not None:
+                properties["span.kind"] = _kind(span.get("kind"))
+            if start is not None and end is not None:
+                properties["duration_ms"] = (end - start) / 1000
+            if isinstance(span.get("status"), dict) and span["status"]:
+                properties["status"] = span["status"]
+        otel = {"signal": "trace", "resource": resource,
+                "scope": {"name": scope_obj.get("name"), "version": scope_obj.get("version"),
+                          "attributes": attributes(scope_obj.get("attributes"))}}
+        for key, target in (("traceId", "trace_id"), ("spanId", "span_id"), ("parentSpanId", "parent_span_id"),
+                            ("startTimeUnixNano", "start_time_unix_nano"), ("endTimeUnixNano", "end_time_unix_nano")):
+            if span.get(key) not in (None, ""):
+                otel[target] = span[key]
+        if _kind(span.get("kind")) is not None:
+            otel["kind"] = _kind(span.get("kind"))
+        if event is not None:
+            otel["span_name"] = span.get("name")
+        context: dict = {"otel": otel}
+        if merged.get("service.name") is not None:
+            context["app_id"] = merged["service.name"]
+        if merged.get("tenant.id") is not None:
+            context["tenant_id"] = merged["tenant.id"]
+        consent = {k[len("consent."):]: v for k, v in merged.items() if k.startswith("consent.")}
+        if consent:
+            context["consent"] = consent
+        return common.build(event_id, "track", name, anonymous_id, user_id, timestamp, received_at, None,
+                            context, properties, None, limits)
+    except Rejected as rej:
+        rej.event_id = event_id
+        raise
+
+
+def span_payload(resource_spans: dict, scope_spans: dict, span, event) -> bytes:
+    """One span (with only the span event in question, if any) as an export of its own, for dead letters."""
+    one = dict(span) if isinstance(span, dict) else span
+    if isinstance(one, dict) and event is not None:
+        one["events"] = [event]
+    return orjson.dumps({"resourceSpans": [{"resource": resource_spans.get("resource"),
+                                            "scopeSpans": [{"scope": scope_spans.get("scope"), "spans": [one]}]}]})
 
 
 def record_payload(resource_logs: dict, scope_logs: dict, record) -> bytes:
