@@ -17,6 +17,10 @@ import sys
 from pipelines import worker
 
 if __name__ == "__main__":
+    # A terminal gets a progress line; its folder is named before any worker starts, so they all see it.
+    from transforms import progress
+
+    progress.prepare()
     # First, before this process imports Beam: local worker processes import it meanwhile (pipelines.worker).
     worker.prestart(sys.argv[1:], preload="pipelines.deliver")
     # No garbage collection while the modules below load (main() turns it back on): importing Beam makes
@@ -175,6 +179,26 @@ def preflight(integrations) -> list[str]:
     return errors
 
 
+def _progress_reporter(options, inputs):
+    """The terminal's progress line for a local batch run (``transforms.progress``), or None."""
+    from transforms import progress
+
+    folder = os.environ.get(progress.ENV)
+    if not folder or not inputs or not _workers_are_local(options) or \
+            options.view_as(StandardOptions).streaming:
+        return None
+    total = 0
+    for glob in inputs:
+        for meta in FileSystems.match([glob])[0].metadata_list:
+            if meta.path.endswith((".gz", ".bz2", ".xz", ".zst", ".deflate", ".snappy")):
+                total = None  # compressed sizes are not the bytes read: no share shown
+                break
+            total += meta.size_in_bytes
+        if total is None:
+            break
+    return progress.Reporter(folder, total).start()
+
+
 def _workers_are_local(options) -> bool:
     from apache_beam.options.pipeline_options import PortableOptions
 
@@ -258,13 +282,15 @@ def run(argv=None) -> int:
             stream = None if source is None else {"source": source, "dedup_window_seconds": opts.dedup_window_seconds,
                                                   "allowed_lateness_seconds": opts.allowed_lateness_seconds}
             build_pipeline(p, inputs, enabled, settings, opts.dead_letter, per_line=opts.per_line_input, stream=stream)
-            result = p.run()
-            if runtime.submits_only(options):
-                job = result.job_id() if hasattr(result, "job_id") else "?"
-                print(f"submitted: job {job} runs on the service; its accounting is the job's counters "
-                      "(namespace beamhouse) in the service's console")
-                return 0
+            # The local batch engine runs the whole job inside run(): the progress line starts before it.
+            reporter = _progress_reporter(options, inputs)
             try:
+                result = p.run()
+                if runtime.submits_only(options):
+                    job = result.job_id() if hasattr(result, "job_id") else "?"
+                    print(f"submitted: job {job} runs on the service; its accounting is the job's counters "
+                          "(namespace beamhouse) in the service's console")
+                    return 0
                 result.wait_until_finish()
             except KeyboardInterrupt:  # streaming runs until stopped; report what was done so far
                 result.cancel()
@@ -273,6 +299,9 @@ def run(argv=None) -> int:
                       "totals need not balance)")
                 print(accounting.format_summary(summary))
                 return 0
+            finally:
+                if reporter is not None:
+                    reporter.stop()
     except Exception as exc:
         log.debug("run failed", exc_info=True)
         print(f"run failed: {type(exc).__name__}: {secrets.redact(str(exc))}", file=sys.stderr)

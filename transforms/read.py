@@ -30,7 +30,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from transforms import deadletter
+from transforms import deadletter, progress
 from transforms.deadletter import DEAD_LETTERS
 
 # Decompressing readers that raise on a missing end of stream, by Beam's name for the compression.
@@ -174,7 +174,15 @@ class _ReadRangeFn(beam.DoFn):
         else:
             blocks = self._read_range(path, start, end)
         for block in blocks:
-            yield block if isinstance(block, beam.pvalue.TaggedOutput) else (landed_us, block)
+            if isinstance(block, beam.pvalue.TaggedOutput):
+                yield block
+                continue
+            count = _line_count(block)  # the bytes as read: each line with its line break
+            progress.add(count, (len(block) + 1) if isinstance(block, bytes) else sum(map(len, block)) + count)
+            yield landed_us, block
+
+    def finish_bundle(self):
+        progress.flush()
 
     def _read_range(self, path: str, start: int, end: int):
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:

@@ -169,3 +169,39 @@ def test_validate_check_secrets_parses_keys_without_the_network(tmp_path):
     checked = validate(str(tmp_path / "real.json"), "--check-secrets")
     assert checked.returncode == 0, checked.stderr
     assert checked.stdout.count("secrets resolved and parsed") == 4
+
+
+def test_a_terminal_gets_a_progress_line_and_a_pipe_does_not(tmp_path):
+    """Under a pseudo-terminal the command shows lines and bytes read (with the share of the input); with
+    its output piped (CI, cron) it prints none of that."""
+    import os
+    import pty
+    import sys
+
+    from tests.guarantees.invariants import REPO
+
+    lines = [b'{"type":"track","event":"e","anonymousId":"a%d","messageId":"m%d"}' % (i, i) for i in range(3000)]
+    (tmp_path / "in.ndjson").write_bytes(b"\n".join(lines) + b"\n")
+    argv = [sys.executable, "-m", "pipelines.deliver", *_files(tmp_path), f"--input={tmp_path / 'in.ndjson'}",
+            "--runner=FnApiRunner"]
+    piped = deliver(*argv[3:])
+    assert piped.returncode == 0 and "lines/s" not in piped.stdout + piped.stderr
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the command on the terminal
+        os.chdir(REPO)
+        os.execv(argv[0], argv)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    _, status = os.waitpid(pid, 0)
+    text = out.decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0, text[-2000:]
+    size = len(b"\n".join(lines) + b"\n") / 1000
+    assert f"read all 3,000 lines ({size:.1f} KB)" in text, text[-2000:]
+    assert "delivered 3000" in text
