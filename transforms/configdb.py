@@ -235,9 +235,13 @@ def audit(conn, token_id: str, action: str, integration_id: str, fields: list[st
                                                integration_id=integration_id, fields=orjson.dumps(sorted(fields)).decode()))
 
 
-def unmasked_bodies(url: str, keyring: Keyring | None = None) -> list[dict]:
-    """Every stored integration's body with its secrets decrypted (for a job's launcher: the values then
-    travel to local workers as inline secrets do, never in the pipeline graph)."""
+def stored_bodies(url: str, keyring: Keyring | None = None) -> list[dict]:
+    """Every stored integration's body for a job: each secret as an ``encrypted:<key id>:<token>`` reference,
+    which whoever uses it (the launcher's start-up checks, a worker) opens with the master key of its own
+    environment (``transforms.secrets``), so the value never travels, not even in the pipeline graph; with
+    ``keyring``, the values themselves (the API's own checks)."""
+    from transforms.secrets import ENCRYPTED
+
     engine = engine_for(url)
     try:
         with engine.connect() as conn:
@@ -246,11 +250,9 @@ def unmasked_bodies(url: str, keyring: Keyring | None = None) -> list[dict]:
             bodies = []
             for row in rows:
                 body = orjson.loads(row.body)
-                secrets = stored_secrets(conn, row.integration_id)
-                if secrets:
-                    keyring = keyring or Keyring.from_environment()
-                for path, (key_id, ciphertext) in secrets.items():
-                    set_path(body, path, keyring.decrypt(key_id, ciphertext))
+                for path, (key_id, ciphertext) in stored_secrets(conn, row.integration_id).items():
+                    set_path(body, path, keyring.decrypt(key_id, ciphertext) if keyring is not None
+                             else f"{ENCRYPTED}{key_id}:{ciphertext}")
                 bodies.append(body)
             return bodies
     finally:

@@ -233,13 +233,13 @@ def shared_destination_errors(indexed) -> list[str]:
 
 def load_integrations(path: str) -> tuple[list[Integration], list[str]]:
     """Read and validate an integrations file from any Beam filesystem path, or the integrations the
-    management API's database holds (``sqlite:///PATH``, ``postgresql://...``; secrets decrypted with
-    ``BEAMHOUSE_MASTER_KEY``)."""
+    management API's database holds (``sqlite:///PATH``, ``postgresql://...``; its secrets as encrypted
+    references, opened with ``BEAMHOUSE_MASTER_KEY`` where they are used)."""
     from transforms import configdb
 
     if configdb.is_database_url(path):
         try:
-            bodies = configdb.unmasked_bodies(path)
+            bodies = configdb.stored_bodies(path)
         except configdb.ConfigDBError as exc:
             return [], [f"{configdb.display_url(path)}: {exc}"]
         except Exception as exc:  # noqa: BLE001 - the driver's message may hold the URL: name the type only

@@ -43,6 +43,7 @@ _REGISTERED: set[str] = set()
 _LOCK = threading.Lock()
 _MIN_REDACT_LEN = 4  # shorter values would redact ordinary words
 INLINE_ENV_PREFIX = "BEAMHOUSE_INLINE_SECRET_"
+ENCRYPTED = "encrypted:"  # encrypted:<key id>:<Fernet token>, as the management API's database holds it
 _INLINE_NAMES: dict[str, str] = {}  # inline value -> the environment variable that carries it to workers
 
 
@@ -68,15 +69,27 @@ class Secret:
 
     @property
     def is_reference(self) -> bool:
-        return self._raw.startswith(("env:", "file:"))
+        return self._raw.startswith(("env:", "file:", ENCRYPTED))
 
     def describe(self) -> str:
-        """Where the secret comes from, safe to print: ``env:NAME``, ``file:PATH`` or ``inline``."""
+        """Where the secret comes from, safe to print: ``env:NAME``, ``file:PATH``, ``encrypted`` or ``inline``."""
+        if self._raw.startswith(ENCRYPTED):
+            return "encrypted (management API)"
         return self._raw if self.is_reference else "inline"
 
     def get(self) -> str:
         raw = self._raw
-        if raw.startswith("env:"):
+        if raw.startswith(ENCRYPTED):
+            # The management API's ciphertext, opened here with the master key of this machine's
+            # environment (a worker's too): the value itself never travels.
+            from transforms import configdb
+
+            key_id, _, ciphertext = raw[len(ENCRYPTED):].partition(":")
+            try:
+                value = configdb.Keyring.from_environment().decrypt(key_id, ciphertext)
+            except configdb.ConfigDBError as exc:
+                raise SecretError(f"an encrypted secret cannot be opened here: {exc}") from None
+        elif raw.startswith("env:"):
             value = os.environ.get(raw[4:])
             register(value)  # as given too: a client may print it before the line break is dropped
             value = _drop_line_break(value)

@@ -181,9 +181,9 @@ def test_tokens_errors_and_partial_updates(admin):
     put_body = {k: v for k, v in body.items()}
     put_body["config"] = {k: v for k, v in body["config"].items() if k != "access_key_id"}
     assert admin.client.put(f"/{iid}", json=put_body).status_code == 200
-    from transforms.configdb import Keyring, unmasked_bodies
+    from transforms.configdb import Keyring, stored_bodies
 
-    stored = {b["integration_id"]: b for b in unmasked_bodies(admin.database, Keyring(admin.key))}
+    stored = {b["integration_id"]: b for b in stored_bodies(admin.database, Keyring(admin.key))}
     assert stored[iid]["config"]["access_key_id"] == PLANTED["s3"][1]  # kept through PATCH and PUT
     tested = admin.client.post(f"/{iid}/test")
     assert tested.status_code == 200 and tested.json()["ok"] is False  # the seed's bucket does not exist here
@@ -241,9 +241,30 @@ def test_rotate_key_re_encrypts_and_a_run_from_the_database_delivers(admin, tmp_
     deliveries = admin.client.get(f"/{iid}/deliveries").json()["items"]
     assert len(deliveries) == 1 and deliveries[0]["delivered"] == 30 and deliveries[0]["balanced"]
     # the old key alone no longer opens the secrets
-    stale = subprocess.run([sys.executable, "-m", "pipelines.validate", admin.database], cwd=REPO,
+    stale = subprocess.run([sys.executable, "-m", "pipelines.validate", admin.database, "--check-secrets"], cwd=REPO,
                            env={**os.environ, "BEAMHOUSE_MASTER_KEY": admin.key}, capture_output=True, text=True)
     assert stale.returncode == 2 and "neither BEAMHOUSE_MASTER_KEY" in stale.stderr, stale.stderr
+
+
+def test_a_job_carries_stored_secrets_encrypted_and_opens_them_with_its_own_key(admin, monkeypatch):
+    """What a job reads from the database: each secret an encrypted reference; pickled into the pipeline it
+    stays ciphertext (so workers elsewhere may take it, given BEAMHOUSE_MASTER_KEY); opened where used."""
+    import pickle
+
+    from transforms.integrations import load_integrations
+
+    admin.client.post("", json=planted(seed_bodies()[3]))  # redshift, with an inline password
+    integrations, errors = load_integrations(admin.database)
+    assert not errors
+    config = integrations[0].config
+    graph = pickle.dumps(config)
+    assert PLANTED["redshift"][1].encode() not in graph and b"encrypted:" in graph
+    assert repr(config.password) == "Secret(encrypted (management API))"
+    monkeypatch.setenv("BEAMHOUSE_MASTER_KEY", admin.key)
+    assert pickle.loads(graph).password.get() == PLANTED["redshift"][1]
+    from pipelines.deliver import inline_secret_errors
+
+    assert inline_secret_errors(integrations) == []  # not refused for workers on other machines
 
 
 def test_refuses_to_start_without_token_or_key(tmp_path):
