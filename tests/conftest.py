@@ -6,6 +6,15 @@ import pytest
 from tests.servers import processes
 
 GCS_UNUSABLE_KEY = "projects/test-proj/locations/global/keyRings/ring/cryptoKeys/disabled-key"
+TIERS = ("unit", "guarantees", "integration")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Each test's tier marker from its folder (pytest.ini lists them): pytest -m unit runs the fast tier."""
+    for item in items:
+        tier = next((t for t in TIERS if f"/tests/{t}/" in str(item.path)), None)
+        if tier is not None:
+            item.add_marker(getattr(pytest.mark, tier))
 
 
 @pytest.fixture(scope="session")
