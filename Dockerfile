@@ -14,10 +14,11 @@ FROM apache/beam_python3.11_sdk:2.77.0
 COPY --from=launcher /opt/google/dataflow/python_template_launcher /opt/google/dataflow/python_template_launcher
 
 WORKDIR /opt/beamhouse
-COPY setup.py pyproject.toml README.md LICENSE ./
+COPY setup.py pyproject.toml README.md LICENSE constraints.txt ./
 COPY pipelines pipelines
 COPY transforms transforms
-RUN pip install --no-cache-dir .
+# The versions CI resolved when constraints.txt was made: a rebuild months later installs the same.
+RUN pip install --no-cache-dir -c constraints.txt .
 
 ENV FLEX_TEMPLATE_PYTHON_PY_FILE=/opt/beamhouse/pipelines/deliver.py
 ENV PYTHONUNBUFFERED=1

@@ -33,6 +33,7 @@ from fastapi import Body, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
+from pipelines.problems import report
 from transforms import configdb, secrets
 from transforms.secrets import MASK
 
@@ -347,10 +348,7 @@ def main(argv=None) -> int:
         if not tokens and not problems:
             problems.append(f"no token: set {TOKEN_ENV} or give --tokens_file")
     if problems:
-        print(f"{len(problems)} configuration error(s):", file=sys.stderr)
-        for problem in problems:
-            print(f"  {problem}", file=sys.stderr)
-        return 2
+        return report(problems)
     if args.command == "rotate-key":
         try:
             count = configdb.rotate(args.database, keyring)
@@ -364,9 +362,7 @@ def main(argv=None) -> int:
     try:
         app = create_app(args.database, tokens, keyring)
     except Exception as exc:  # noqa: BLE001 - an unreachable or unusable database
-        print(f"1 configuration error(s):\n  --database {configdb.display_url(args.database)}: "
-              f"{type(exc).__name__}", file=sys.stderr)
-        return 2
+        return report([f"--database {configdb.display_url(args.database)}: {type(exc).__name__}"])
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pipelines.problems import report
 from transforms.integrations import load_integrations
 
 
@@ -27,10 +28,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     integrations, errors = load_integrations(args.integrations)
     if errors:
-        print(f"{len(errors)} configuration error(s):", file=sys.stderr)
-        for err in errors:
-            print(f"  {err}", file=sys.stderr)
-        return 2
+        return report(errors)
     from transforms.sinks import REGISTRY
 
     printed = 0

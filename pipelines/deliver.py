@@ -40,6 +40,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from pipelines import cli, local_runner, runtime
 from pipelines.options import DeliveryOptions
+from pipelines.problems import report
 from transforms import accounting, coders, configdb, secrets, streaming
 from transforms.deadletter import WriteDeadLetters
 from transforms.dedup import DeduplicateEvents
@@ -231,8 +232,7 @@ def run(argv=None) -> int:
     if standard.runner is None:
         standard.runner = DEFAULT_STREAMING_RUNNER if standard.streaming else DEFAULT_BATCH_RUNNER
     if not opts.integrations:
-        print("1 configuration error(s):\n  --integrations: the integrations file is required", file=sys.stderr)
-        return 2
+        return report(["--integrations: the integrations file is required"])
     integrations, errors = load_integrations(opts.integrations)
     errors += runtime.runner_problems(options)
     inputs = opts.input or []
@@ -269,10 +269,7 @@ def run(argv=None) -> int:
     if not errors and not opts.skip_preflight:
         errors += preflight(integrations)
     if errors:
-        print(f"{len(errors)} configuration error(s):", file=sys.stderr)
-        for err in errors:
-            print(f"  {secrets.redact(err)}", file=sys.stderr)
-        return 2
+        return report(errors, secrets.redact)
     enabled = [i for i in integrations if i.enabled]
     settings = parse_settings(opts, integrations)
     worker.memory_settings()

@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines import cli, local_runner, runtime
+from pipelines.problems import report
 from transforms import accounting, coders, secrets
 from transforms.archive import read_lines, reported_files, rows_to_batch
 from transforms.deadletter import WriteDeadLetters, count, make_record
@@ -158,20 +159,14 @@ def run(argv=None) -> int:
         if not files:
             errors.append(f"archive {archive.integration_id}: no delivery report under {archive_root(archive)}")
     if errors:
-        print(f"{len(errors)} configuration error(s):", file=sys.stderr)
-        for err in errors:
-            print(f"  {err}", file=sys.stderr)
-        return 2
+        return report(errors)
     options = PipelineOptions(beam_args)
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = "FnApiRunner"
     purposes = tuple(export.config.consent.require) if export.config.consent else ()
     problems = runtime.runner_problems(options) + [e for e in [coders.spill_options_error(options)] if e]
     if problems:
-        print(f"{len(problems)} configuration error(s):", file=sys.stderr)
-        for problem in problems:
-            print(f"  {problem}", file=sys.stderr)
-        return 2
+        return report(problems)
     worker.memory_settings()
     try:
         p = beam.Pipeline(runner=local_runner.local_runner(options), options=options)

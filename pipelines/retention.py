@@ -27,6 +27,7 @@ import argparse
 import re
 import sys
 
+from pipelines.problems import report
 from transforms import partitioning
 from transforms.integrations import load_integrations
 from transforms.lifecycle import LifecycleRule
@@ -111,10 +112,7 @@ def main(argv=None) -> int:
     rules, plan_errors = plan(integrations) if not errors else ([], [])
     errors += plan_errors
     if errors:
-        print(f"{len(errors)} configuration error(s):", file=sys.stderr)
-        for err in errors:
-            print(f"  {err}", file=sys.stderr)
-        return 2
+        return report(errors)
     if not rules:
         print("no retention configured")
         return 0

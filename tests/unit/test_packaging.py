@@ -22,7 +22,7 @@ def test_dockerfile_matches_the_beam_pin_and_installs_the_project():
     assert base, "the image must start from Beam's Python SDK image"
     assert base.group(3) == beam
     assert (int(base.group(1)), int(base.group(2))) >= (3, 10)  # setup.py: python_requires >= 3.10
-    assert "RUN pip install --no-cache-dir .\n" in docker  # the project with its pinned dependencies, one install
+    assert "RUN pip install --no-cache-dir -c constraints.txt .\n" in docker  # the project, pinned versions, one install
     for path in ("pipelines", "transforms", "setup.py"):
         assert re.search(rf"^COPY .*\b{re.escape(path)}\b", docker, re.M)
     assert 'ENTRYPOINT ["/opt/apache/beam/boot"]' in docker
@@ -30,6 +30,27 @@ def test_dockerfile_matches_the_beam_pin_and_installs_the_project():
     assert re.search(r"^ARG LAUNCHER_TAG=\d{8}_RC\d\d$", docker, re.M)
     entry = re.search(r"FLEX_TEMPLATE_PYTHON_PY_FILE=/opt/beamhouse/(\S+)", docker).group(1)
     assert (ROOT / entry).exists()
+
+
+def test_the_image_constraints_pin_every_requirement_within_setup_py():
+    """constraints.txt pins exact versions for the image; each must satisfy setup.py's own range, and every
+    install requirement must be pinned there."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"not an exact pin: {line}"
+            pins[canonicalize_name(name)] = version.strip()
+    setup = (ROOT / "setup.py").read_text()
+    block = setup[setup.index("INSTALL_REQUIRES = ["):setup.index("]", setup.index("INSTALL_REQUIRES = ["))]
+    for spec in re.findall(r'^\s*"([^"]+)",', block, re.M):
+        req = Requirement(spec)
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req.name} is not pinned in constraints.txt"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{req.name}=={pins[name]} is outside {req.specifier}"
 
 
 def test_flex_template_parameters_are_options_of_the_job():

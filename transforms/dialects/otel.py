@@ -112,6 +112,20 @@ def _nanos(value, field: str) -> int | None:
     return common.time_us(nanos // 1000, field)
 
 
+def _context(otel: dict, merged: dict) -> dict:
+    """The canonical ``context``: ``otel``, and ``app_id``, ``tenant_id`` and ``consent`` from the merged
+    attributes (``service.name``, ``tenant.id``, ``consent.<purpose>``)."""
+    context: dict = {"otel": otel}
+    if merged.get("service.name") is not None:
+        context["app_id"] = merged["service.name"]
+    if merged.get("tenant.id") is not None:
+        context["tenant_id"] = merged["tenant.id"]
+    consent = {k[len("consent."):]: v for k, v in merged.items() if k.startswith("consent.")}
+    if consent:
+        context["consent"] = consent
+    return context
+
+
 def records(export: dict):
     """``(resource_logs, scope_logs, log_record)`` for every record of an export."""
     for resource_logs in export.get("resourceLogs") or []:
@@ -157,14 +171,7 @@ def normalise(resource_logs: dict, scope_logs: dict, record, limits: common.Limi
         for holder, key in ((resource_logs, "schemaUrl"), (scope_logs, "schemaUrl")):
             if holder.get(key):
                 otel.setdefault("schema_urls", []).append(holder[key])
-        context: dict = {"otel": otel}
-        if merged.get("service.name") is not None:
-            context["app_id"] = merged["service.name"]
-        if merged.get("tenant.id") is not None:
-            context["tenant_id"] = merged["tenant.id"]
-        consent = {k[len("consent."):]: v for k, v in merged.items() if k.startswith("consent.")}
-        if consent:
-            context["consent"] = consent
+        context = _context(otel, merged)
         return common.build(event_id, "track", name, anonymous_id, user_id, timestamp, received_at, None,
                             context, properties, None, limits)
     except Rejected as rej:
@@ -238,14 +245,7 @@ def normalise_span(resource_spans: dict, scope_spans: dict, span, event, limits:
             otel["kind"] = _kind(span.get("kind"))
         if event is not None:
             otel["span_name"] = span.get("name")
-        context: dict = {"otel": otel}
-        if merged.get("service.name") is not None:
-            context["app_id"] = merged["service.name"]
-        if merged.get("tenant.id") is not None:
-            context["tenant_id"] = merged["tenant.id"]
-        consent = {k[len("consent."):]: v for k, v in merged.items() if k.startswith("consent.")}
-        if consent:
-            context["consent"] = consent
+        context = _context(otel, merged)
         return common.build(event_id, "track", name, anonymous_id, user_id, timestamp, received_at, None,
                             context, properties, None, limits)
     except Rejected as rej:
