@@ -81,15 +81,14 @@ class BigQueryConfig(BaseDestinationConfig):
     """Create the seed's table at start if missing: JSON columns, `PARTITION BY DATE(timestamp)`, `CLUSTER BY type,
     event`. `python -m pipelines.ddl` prints the DDL for creating it yourself."""
     endpoint_url: str | None = Field(None, pattern=r"^https?://[^\s]+$")
-    """API endpoint (emulators); job location."""
+    """API endpoint (emulators); default: Google's."""
     location: str | None = None
-    """API endpoint (emulators); job location."""
+    """Location of the dataset's load jobs (e.g. `EU`); default: BigQuery's choice."""
     max_attempts: int = Field(5, ge=1, le=20)
     """Transient errors (429, 5xx, resets) retried with backoff within about `2^max_attempts * 2` s; then the run
     fails."""
     request_timeout_seconds: float = Field(60, gt=0, le=600)
-    """Transient errors (429, 5xx, resets) retried with backoff within about `2^max_attempts * 2` s; then the run
-    fails."""
+    """How long one API request may take before it counts as failed (and is retried)."""
 
     def destination(self) -> str:
         return f"bigquery:{self.project_id}.{self.dataset}.{self.table}"

@@ -87,17 +87,17 @@ class RedshiftConfig(BaseDestinationConfig):
     create_table: bool = False
     """Create the seed's table (`SUPER` columns, `DISTKEY(anonymous_id)`, `SORTKEY(timestamp)`) when missing."""
     ssl: bool = True
-    """Driver settings (`redshift_connector`, AWS's driver)"""
+    """Connect with TLS (driver setting of `redshift_connector`, AWS's driver)."""
     s3_endpoint_url: str | None = Field(None, pattern=r"^https?://[^\s]+$")
-    """Beamhouse's own credentials for staging."""
+    """The staging bucket's endpoint (S3-compatible stores); default: AWS's."""
     s3_access_key_id: SecretField | None = None
     """Beamhouse's own credentials for staging."""
     s3_secret_access_key: SecretField | None = None
     """Beamhouse's own credentials for staging."""
     max_attempts: int = Field(5, ge=1, le=20)
-    """Driver settings (`redshift_connector`, AWS's driver)"""
+    """Attempts when the connection drops; transient errors are retried with backoff."""
     connect_timeout_seconds: int = Field(60, ge=1, le=600)
-    """Driver settings (`redshift_connector`, AWS's driver)"""
+    """How long connecting may take."""
 
     def destination(self) -> str:
         return f"redshift:{self.host}:{self.port}/{self.database}.{self.schema_name}.{self.table}".lower()

@@ -73,9 +73,9 @@ class SFTPConfig(FileOutputConfig):
     """`date`, `hour`, `half_hour` or `quarter_hour`: `myExport_2021-04-08_10_data_<id>_<n>.csv.gz`,
     `myExport_2021-04-08_10_15-30_data_...`."""
     max_attempts: int = Field(5, ge=1, le=20)
-    """Per file: a dropped connection is retried on a new one."""
+    """Per file: a dropped connection is retried on a new one, this many times in all."""
     timeout_seconds: float = Field(30, gt=0, le=600)
-    """Per file: a dropped connection is retried on a new one."""
+    """How long connecting and each operation may take."""
 
     def destination(self) -> str:
         return f"sftp:{self.host}:{self.port}/{self.path.strip('/')}/{self.export_name}_"

@@ -101,7 +101,7 @@ class SnowflakeConfig(BaseDestinationConfig):
     snowpipe_endpoint_url: str | None = Field(None, pattern=r"^https?://[^\s/]+(:\d+)?/?$")
     """Role; other endpoints (private link, emulators)"""
     snowpipe_wait_seconds: float = Field(600, gt=0, le=3600)
-    """How long to wait for Snowpipe's load reports; staging retries."""
+    """How long to wait for Snowpipe's load reports of a run's files."""
     stage_url: str | None = Field(None, pattern=r"^(s3|gs)://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/[^\s]*)?$")
     """An external stage: the files are written to its `s3://bucket/prefix/` (create-only `PutObject`;
     `stage_region` required) or `gs://bucket/prefix/` (create-only upload)"""
@@ -121,7 +121,7 @@ class SnowflakeConfig(BaseDestinationConfig):
     """An external stage: the files are written to its `s3://bucket/prefix/` (create-only `PutObject`;
     `stage_region` required) or `gs://bucket/prefix/` (create-only upload)"""
     max_attempts: int = Field(5, ge=1, le=20)
-    """How long to wait for Snowpipe's load reports; staging retries."""
+    """Attempts per staging request; transient errors are retried with backoff."""
 
     def destination(self) -> str:
         return f"snowflake:{self.account}/{self.database}.{self.schema_name}.{self.table}".lower()
