@@ -35,6 +35,8 @@ INSTALL_REQUIRES = [
     "sqlalchemy>=2.0,<3",
     "pg8000>=1.30,<2",
     "cryptography>=42",
+    # One retry policy for the hand-written clients (transforms/retry.py).
+    "tenacity>=8.2,<10",
 ]
 
 EXTRAS = {

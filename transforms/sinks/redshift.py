@@ -37,13 +37,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-import time
 import typing
 
 import orjson
 from pydantic import ConfigDict, Field, field_validator
 
-from transforms import routes
+from transforms import retry, routes
 from transforms.integrations import BaseDestinationConfig
 from transforms.profiles.warehouse import COLUMNS
 from transforms.secrets import SecretField, redact
@@ -368,19 +367,16 @@ class RedshiftLoader:
         rows = sum(f.rows.num_rows for f in files)
         lo = min(_min_time(f) for f in files)
         hi = max(_max_time(f) for f in files)
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                inserted, present = self._transaction(lid, target, manifest_url, rows, lo, hi)
-                break
-            except _DataError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - retried only when the connection broke
-                self.close()
-                if not is_connection_error(exc) or attempt >= c.max_attempts:
-                    raise RuntimeError(redact(f"{target}: load {lid} failed: {error_message(exc)}")) from None
-                time.sleep(min(2 ** attempt, 30))
+        try:  # retried only when the connection broke, on a new connection
+            for attempt in retry.attempts(c.max_attempts, lambda e: not isinstance(e, _DataError) and
+                                          is_connection_error(e), first_wait=2, max_wait=30, between=self.close):
+                with attempt:
+                    inserted, present = self._transaction(lid, target, manifest_url, rows, lo, hi)
+        except _DataError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one clear error, without credentials
+            self.close()
+            raise RuntimeError(redact(f"{target}: load {lid} failed: {error_message(exc)}")) from None
         # Committed (now or by an earlier attempt): the staged files are no longer needed.
         self._storage.delete([self._key(f) for f in files] + [manifest_key])
         out = {f.name: LoadOutcome() for f in files}

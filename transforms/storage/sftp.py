@@ -5,11 +5,10 @@ from __future__ import annotations
 import base64
 import io
 import threading
-import time
 import uuid
 from typing import TYPE_CHECKING
 
-from transforms import ledger
+from transforms import ledger, retry
 from transforms.commit import REPORT_DIR
 from transforms.secrets import redact
 from transforms.storage import LookupDenied, PublishError
@@ -148,22 +147,30 @@ class SFTPStorage:
     def put_if_absent(self, relative: str, data: bytes, metadata: dict) -> bool:
         name = flat_name(self._c.export_name, relative)
         final = self._remote(name)
-        last = None
+        def once() -> bool:
+            tmp = self._remote(f".{name}.tmp-{uuid.uuid4().hex}")
+            try:
+                return self._publish(tmp, final, data)
+            except (HostKeyRefused, PublishError):
+                raise
+            except (EOFError, OSError, Exception) as exc:  # noqa: BLE001 - a dropped connection or I/O error
+                raise PublishError(redact(f"sftp {name}: {type(exc).__name__}: {exc}")) from None
+
+        def reset() -> None:  # after a failed attempt: a new connection, no temporary file left
+            self.close()
+            self._remove_quietly(name)
+
         with self._lock:
-            for attempt in range(1, self._c.max_attempts + 1):
-                tmp = self._remote(f".{name}.tmp-{uuid.uuid4().hex}")
-                try:
-                    return self._publish(tmp, final, data)
-                except HostKeyRefused:
-                    raise
-                except PublishError as exc:
-                    last = exc
-                except (EOFError, OSError, Exception) as exc:  # noqa: BLE001 - a dropped connection or I/O error
-                    last = PublishError(redact(f"sftp {name}: {type(exc).__name__}: {exc}"))
-                self.close()
-                self._remove_quietly(name)
-                time.sleep(min(0.2 * 2 ** attempt, 10))
-        raise last
+            try:
+                for attempt in retry.attempts(self._c.max_attempts, lambda e: not isinstance(e, HostKeyRefused),
+                                              first_wait=0.4, max_wait=10, between=reset):
+                    with attempt:
+                        return once()
+            except PublishError as exc:
+                if not isinstance(exc, HostKeyRefused):
+                    reset()  # the last attempt's too
+                raise
+        raise AssertionError("unreachable: the last attempt returned or raised")
 
     def _publish(self, tmp: str, final: str, data: bytes) -> bool:
         sftp = self._session()
