@@ -87,6 +87,13 @@ def _changed(old: dict | None, new: dict | None, prefix: str = "") -> list[str]:
     return out
 
 
+def _value_at(body: dict, path: str):
+    try:
+        return configdb.get_path(body, path)
+    except (KeyError, TypeError):
+        return None
+
+
 def merge_patch(target, patch):
     """RFC 7386 JSON merge patch."""
     if not isinstance(patch, dict):
@@ -246,7 +253,8 @@ def create_app(database_url: str, tokens: dict[str, str], keyring: configdb.Keyr
             with engine.begin() as conn:
                 row = fetch(conn, integration_id)
                 stored = orjson.loads(row.body)
-                body = restore_secrets(conn, integration_id, make_body(stored))
+                requested = make_body(stored)
+                body = restore_secrets(conn, integration_id, requested) if isinstance(requested, dict) else requested
                 if not isinstance(body, dict):
                     raise Problem(422, [{"loc": "$", "msg": "expected one integration object"}])
                 body["integration_id"] = integration_id
@@ -261,8 +269,10 @@ def create_app(database_url: str, tokens: dict[str, str], keyring: configdb.Keyr
                 if done.rowcount != 1:
                     continue  # another request updated it first: rebuild from its result
                 configdb.write_secrets(conn, keyring, integration_id, inline)
-                changed = _changed(stored, masked) + [p for p in inline if p in configdb.stored_secrets(conn, integration_id)]
-                configdb.audit(conn, request.state.token_id, action, integration_id, sorted(set(changed)))
+                # A secret counts as changed when the request gave a value for it (not omitted, not "***").
+                given = [p for p in inline if _value_at(requested, p) not in (None, MASK)]
+                configdb.audit(conn, request.state.token_id, action, integration_id,
+                               sorted(set(_changed(stored, masked) + given)))
                 return shown(conn.execute(sa.select(table).where(table.c.integration_id == integration_id)).one())
         raise Problem(409, "the integration kept changing; try again")
 

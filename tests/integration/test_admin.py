@@ -178,6 +178,16 @@ def test_tokens_errors_and_partial_updates(admin):
     assert patched.status_code == 200, patched.text
     assert patched.json()["enabled"] is False and patched.json()["config"]["batch_size"] == 250
     assert patched.json()["version"] == 2
+    import sqlalchemy as sa
+
+    from transforms.configdb import engine_for
+
+    engine = engine_for(admin.database)
+    with engine.connect() as conn:
+        who, fields = conn.execute(sa.text("SELECT token_id, fields FROM audit WHERE action = 'patch'")).one()
+    engine.dispose()
+    # the masked secret sent back is no change; the audit names the token and the fields, not values
+    assert who == "env" and json.loads(fields) == ["config.batch_size", "enabled"]
     put_body = {k: v for k, v in body.items()}
     put_body["config"] = {k: v for k, v in body["config"].items() if k != "access_key_id"}
     assert admin.client.put(f"/{iid}", json=put_body).status_code == 200
