@@ -33,7 +33,7 @@ from fastapi import Body, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
-from pipelines.problems import report
+from pipelines.problems import Parser, report
 from transforms import configdb, secrets
 from transforms.secrets import MASK
 
@@ -320,7 +320,7 @@ def create_app(database_url: str, tokens: dict[str, str], keyring: configdb.Keyr
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.admin", description=__doc__.splitlines()[0],
+    parser = Parser(prog="python -m pipelines.admin", description=__doc__.splitlines()[0],
                                      allow_abbrev=False)
     parser.add_argument("command", nargs="?", choices=["serve", "rotate-key"], default="serve",
                         help="serve the API (default), or re-encrypt every secret under the current master key")

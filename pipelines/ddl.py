@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipelines.problems import report
+from pipelines.problems import Parser, report
 from transforms.integrations import load_integrations
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.ddl", description=__doc__.splitlines()[0],
+    parser = Parser(prog="python -m pipelines.ddl", description=__doc__.splitlines()[0],
                                      allow_abbrev=False)
     parser.add_argument("--integrations", required=True, help="the integrations file")
     return parser

@@ -27,7 +27,7 @@ import argparse
 import re
 import sys
 
-from pipelines.problems import report
+from pipelines.problems import Parser, report
 from transforms import partitioning
 from transforms.integrations import load_integrations
 from transforms.lifecycle import LifecycleRule
@@ -98,7 +98,7 @@ def apply(integrations, rules: list[LifecycleRule]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.retention", allow_abbrev=False,
+    parser = Parser(prog="python -m pipelines.retention", allow_abbrev=False,
                                      description="Apply retention and archival as bucket lifecycle rules.")
     parser.add_argument("--integrations", required=True, help="the integrations file")
     parser.add_argument("--apply", action="store_true", help="apply the plan (default: print it only)")

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import apache_beam
 
+from pipelines.problems import Parser
+
 BEAM_VERSION = apache_beam.__version__
 PRISM_MODULE = "github.com/apache/beam/sdks/v2/go/cmd/prism"
 BEAM_JAR_CACHE = Path("~/.apache_beam/cache/jars").expanduser()  # Beam's own (subprocess_server.JAR_CACHE)
@@ -214,7 +216,7 @@ def status() -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.runtime", description=__doc__.splitlines()[0],
+    parser = Parser(prog="python -m pipelines.runtime", description=__doc__.splitlines()[0],
                                      allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
     fetch = sub.add_parser("fetch", help="fetch a runner's runtime (once; later runs need no network)")

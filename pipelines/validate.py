@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pipelines.problems import Parser
 from transforms import configdb
 from transforms.integrations import load_integrations
 from transforms.secrets import iter_secrets
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.validate", allow_abbrev=False,
+    parser = Parser(prog="python -m pipelines.validate", allow_abbrev=False,
                                      description=__doc__.splitlines()[0])
     parser.add_argument("integrations", metavar="INTEGRATIONS_FILE",
                         help="the integrations file to check (or the management API's database URL)")

@@ -205,3 +205,19 @@ def test_a_terminal_gets_a_progress_line_and_a_pipe_does_not(tmp_path):
     size = len(b"\n".join(lines) + b"\n") / 1000
     assert f"read all 3,000 lines ({size:.1f} KB)" in text, text[-2000:]
     assert "delivered 3000" in text
+
+
+def test_every_entry_point_refuses_an_unknown_option_naming_the_nearest(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.guarantees.invariants import REPO
+
+    for argv, near in ((["pipelines.validate", "x.json", "--check-secret"], "--check"),
+                       (["pipelines.ddl", "--integrations", "x.json", "--integration=y"], "--integrations"),
+                       (["pipelines.retention", "--integrations", "x.json", "--aply"], "--apply"),
+                       (["pipelines.admin", "--database", "sqlite:///x.db", "--tokens-file=t"], "--tokens_file"),
+                       (["pipelines.runtime", "fetch", "prism", "--flink_versoin", "2"], "--flink_version")):
+        done = subprocess.run([sys.executable, "-m", *argv], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and "unknown option" in done.stderr and f"did you mean {near}" in done.stderr, \
+            (argv, done.stderr[-500:])
