@@ -126,16 +126,28 @@ def _context(otel: dict, merged: dict) -> dict:
     return context
 
 
+def _walk(export: dict, resources: str, scopes: str, items: str):
+    """``(resource, scope, item)`` for every item of an OTLP export (``resourceLogs``/``scopeLogs``/
+    ``logRecords``, ``resourceSpans``/``scopeSpans``/``spans``); malformed levels are skipped (their items,
+    if any, are not objects and are dead-lettered where they are mapped)."""
+    for resource in export.get(resources) or []:
+        if not isinstance(resource, dict):
+            continue
+        for scope in resource.get(scopes) or []:
+            if not isinstance(scope, dict):
+                continue
+            for item in scope.get(items) or []:
+                yield resource, scope, item
+
+
+def _scope(scope_obj: dict) -> dict:
+    return {"name": scope_obj.get("name"), "version": scope_obj.get("version"),
+            "attributes": attributes(scope_obj.get("attributes"))}
+
+
 def records(export: dict):
     """``(resource_logs, scope_logs, log_record)`` for every record of an export."""
-    for resource_logs in export.get("resourceLogs") or []:
-        if not isinstance(resource_logs, dict):
-            continue
-        for scope_logs in resource_logs.get("scopeLogs") or []:
-            if not isinstance(scope_logs, dict):
-                continue
-            for record in scope_logs.get("logRecords") or []:
-                yield resource_logs, scope_logs, record
+    yield from _walk(export, "resourceLogs", "scopeLogs", "logRecords")
 
 
 def normalise(resource_logs: dict, scope_logs: dict, record, limits: common.Limits) -> common.Normalised:
@@ -161,8 +173,7 @@ def normalise(resource_logs: dict, scope_logs: dict, record, limits: common.Limi
         if body is not None:
             properties["body"] = body
         otel = {"resource": resource,
-                "scope": {"name": scope_obj.get("name"), "version": scope_obj.get("version"),
-                          "attributes": attributes(scope_obj.get("attributes"))}}
+                "scope": _scope(scope_obj)}
         for key, target in (("severityNumber", "severity_number"), ("severityText", "severity_text"),
                             ("traceId", "trace_id"), ("spanId", "span_id"), ("flags", "flags"),
                             ("observedTimeUnixNano", "observed_time_unix_nano")):
@@ -181,17 +192,11 @@ def normalise(resource_logs: dict, scope_logs: dict, record, limits: common.Limi
 
 def spans(export: dict):
     """``(resource_spans, scope_spans, span, span_event or None)`` for every span and span event."""
-    for resource_spans in export.get("resourceSpans") or []:
-        if not isinstance(resource_spans, dict):
-            continue
-        for scope_spans in resource_spans.get("scopeSpans") or []:
-            if not isinstance(scope_spans, dict):
-                continue
-            for span in scope_spans.get("spans") or []:
-                yield resource_spans, scope_spans, span, None
-                if isinstance(span, dict):
-                    for event in span.get("events") or []:
-                        yield resource_spans, scope_spans, span, event
+    for resource_spans, scope_spans, span in _walk(export, "resourceSpans", "scopeSpans", "spans"):
+        yield resource_spans, scope_spans, span, None
+        if isinstance(span, dict):
+            for event in span.get("events") or []:
+                yield resource_spans, scope_spans, span, event
 
 
 def _kind(value):
@@ -235,8 +240,7 @@ def normalise_span(resource_spans: dict, scope_spans: dict, span, event, limits:
             if isinstance(span.get("status"), dict) and span["status"]:
                 properties["status"] = span["status"]
         otel = {"signal": "trace", "resource": resource,
-                "scope": {"name": scope_obj.get("name"), "version": scope_obj.get("version"),
-                          "attributes": attributes(scope_obj.get("attributes"))}}
+                "scope": _scope(scope_obj)}
         for key, target in (("traceId", "trace_id"), ("spanId", "span_id"), ("parentSpanId", "parent_span_id"),
                             ("startTimeUnixNano", "start_time_unix_nano"), ("endTimeUnixNano", "end_time_unix_nano")):
             if span.get(key) not in (None, ""):
