@@ -21,7 +21,7 @@ from transforms.integrations import validate_integrations
 from transforms.parse import ParseSettings
 from transforms.profiles import statsig
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(600)  # the first Prism test may fetch Prism (go install, about a minute)
 T0 = datetime(2026, 3, 2, 10, 0, 0, tzinfo=timezone.utc)  # arrival of the first events
 
 
