@@ -15,9 +15,9 @@ class DeliveryOptions(PipelineOptions):
                             help="Integrations file (required): a JSON list of integration objects, local or on any "
                                  "Beam filesystem (docs/configuration.md).")
         parser.add_argument("--input", action="append", default=None,
-                            help="Input glob on any Beam filesystem; NDJSON, compressed by extension (.gz, .bz2 and .xz are "
-                                 "checked to their end marker: a damaged file's readable lines are delivered, the "
-                                 "rest is a corrupt_input dead letter). Repeat for several globs.")
+                            help="Input glob on any Beam filesystem; NDJSON, compressed by extension (.gz, .bz2, .xz, .zst and "
+                                 ".deflate are checked to their end marker: a damaged file's readable lines are "
+                                 "delivered, the rest is a corrupt_input dead letter). Repeat for several globs.")
         parser.add_argument("--dead_letter", default="dead_letters",
                             help="Directory (any Beam filesystem) for dead-letter NDJSON files.")
         parser.add_argument("--summary", default=None,

@@ -33,11 +33,62 @@ from apache_beam.metrics import Metrics
 from transforms import deadletter, progress
 from transforms.deadletter import DEAD_LETTERS
 
+
 # Decompressing readers that raise on a missing end of stream, by Beam's name for the compression.
+class _FramedReader:
+    """A reader of a stream of compressed frames (zstd, zlib/deflate) that raises ``EOFError`` when the input
+    ends inside a frame, as Python's gzip/bz2/lzma readers do; zstandard's own stream reader returns short
+    data silently there. ``make()`` gives a fresh decompressor object (``decompress``, ``eof``,
+    ``unused_data``) for each frame."""
+
+    _CHUNK = 1 << 20
+
+    def __init__(self, raw, make):
+        self._raw, self._make = raw, make
+        self._dec = None
+        self._buffer = b""
+        self._cut = False  # the input ended inside a frame: raised once what came before is returned
+
+    def read(self, size: int = -1) -> bytes:
+        while (size < 0 or len(self._buffer) < size) and not self._cut:
+            data = self._raw.read(self._CHUNK)
+            if not data:
+                self._cut = self._dec is not None and not self._dec.eof
+                break
+            while data:
+                if self._dec is None:
+                    self._dec = self._make()
+                self._buffer += self._dec.decompress(data)
+                data = b""
+                if self._dec.eof:  # a frame ended: what follows it starts the next one
+                    data, self._dec = self._dec.unused_data, None
+        if self._cut and not self._buffer:
+            raise EOFError("compressed stream ended before the end of its frame")
+        if size < 0:
+            out, self._buffer = self._buffer, b""
+        else:
+            out, self._buffer = self._buffer[:size], self._buffer[size:]
+        return out
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _zstd_reader(raw):
+    import zstandard
+
+    return _FramedReader(raw, lambda: zstandard.ZstdDecompressor().decompressobj())
+
+
 _CHECKED_READERS = {
     CompressionTypes.GZIP: lambda raw: gzip.GzipFile(fileobj=raw, mode="rb"),
     CompressionTypes.BZIP2: lambda raw: bz2.BZ2File(raw, mode="rb"),
     CompressionTypes.LZMA: lambda raw: lzma.LZMAFile(raw, mode="rb"),
+    CompressionTypes.ZSTD: _zstd_reader,
+    CompressionTypes.DEFLATE: lambda raw: _FramedReader(raw, zlib.decompressobj),
 }
 _DAMAGE = (EOFError, OSError, zlib.error, lzma.LZMAError, ValueError)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import lzma
+import zlib
 
 import orjson
 import pytest
@@ -21,7 +22,14 @@ def _config(root):
                         "partition_by": "{date}"}}]
 
 
-@pytest.mark.parametrize("suffix,compress", [(".gz", gzip.compress), (".bz2", bz2.compress), (".xz", lzma.compress)])
+def _zstd(data: bytes) -> bytes:
+    import zstandard
+
+    return zstandard.ZstdCompressor().compress(data)
+
+
+@pytest.mark.parametrize("suffix,compress", [(".gz", gzip.compress), (".bz2", bz2.compress), (".xz", lzma.compress),
+                                             (".zst", _zstd), (".deflate", zlib.compress)])
 def test_a_truncated_compressed_file_is_a_loud_dead_letter(tmp_path, suffix, compress):
     lines = generate(200, seed=5, bad=False)[0]
     whole = compress(b"\n".join(lines) + b"\n")
@@ -48,6 +56,10 @@ def test_a_truncated_compressed_file_is_a_loud_dead_letter(tmp_path, suffix, com
 
 
 def _readable_prefix(data: bytes, suffix: str) -> bytes:
+    if suffix in (".zst", ".deflate"):  # the libraries' own one-shot decoders: all a cut stream still gives
+        import zstandard
+
+        return (zstandard.ZstdDecompressor() if suffix == ".zst" else zlib).decompressobj().decompress(data)
     opener = {".gz": gzip.GzipFile, ".bz2": bz2.BZ2File, ".xz": lzma.LZMAFile}[suffix]
     import io
 
