@@ -21,24 +21,11 @@ from google.cloud import bigquery
 
 from pipelines import deliver, validate
 from tests.eventgen import generate
+from tests.seed000 import BODIES
 from tests.servers.faultproxy import FaultProxy
 
 RUNNER = "--runner=FnApiRunner"
-SEED_BODY = b'''{
-    "source_id": "src_abc123",
-    "vendor": "bigquery",
-    "name": "BigQuery Events",
-    "enabled": true,
-    "config": {
-      "project_id": "my-gcp-project",
-      "dataset": "datafly_events",
-      "dataset": "datafly_events",
-      "table": "events",
-      "service_account_json": "{\\"type\\": \\"service_account\\", \\"project_id\\": \\"...\\", ...}",
-      "batch_size": 500,
-      "batch_interval_seconds": 60
-    }
-  }'''
+SEED_BODY = BODIES[0].encode()  # seed 000's BigQuery body, exactly as the seed writes it
 FIXED_NOW = "TIMESTAMP '2026-02-01 00:00:00+00'"  # the generated events span 2026-01-28 .. 01-31
 
 

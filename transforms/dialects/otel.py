@@ -112,6 +112,16 @@ def _nanos(value, field: str) -> int | None:
     return common.time_us(nanos // 1000, field)
 
 
+def _event(event_id, name, timestamp, received_at, merged: dict, otel: dict, properties: dict,
+           limits: common.Limits) -> common.Normalised:
+    """The canonical row of a log record or span: identities from the merged attributes (``user.id``, else
+    ``enduser.id``; ``device.id``), ``context`` from ``_context``."""
+    user_id = common.id_text(merged.get("user.id", merged.get("enduser.id")), "user.id")
+    anonymous_id = common.id_text(merged.get("device.id"), "device.id")
+    return common.build(event_id, "track", name, anonymous_id, user_id, timestamp, received_at, None,
+                        _context(otel, merged), properties, None, limits)
+
+
 def _context(otel: dict, merged: dict) -> dict:
     """The canonical ``context``: ``otel``, and ``app_id``, ``tenant_id`` and ``consent`` from the merged
     attributes (``service.name``, ``tenant.id``, ``consent.<purpose>``)."""
@@ -166,8 +176,6 @@ def normalise(resource_logs: dict, scope_logs: dict, record, limits: common.Limi
         timestamp = (_nanos(record.get("timeUnixNano"), "timeUnixNano")
                      or _nanos(record.get("observedTimeUnixNano"), "observedTimeUnixNano") or received_at)
         merged = {**resource, **attrs}
-        user_id = common.id_text(merged.get("user.id", merged.get("enduser.id")), "user.id")
-        anonymous_id = common.id_text(merged.get("device.id"), "device.id")
         properties = dict(attrs)
         body = any_value(record.get("body"))
         if body is not None:
@@ -182,9 +190,7 @@ def normalise(resource_logs: dict, scope_logs: dict, record, limits: common.Limi
         for holder, key in ((resource_logs, "schemaUrl"), (scope_logs, "schemaUrl")):
             if holder.get(key):
                 otel.setdefault("schema_urls", []).append(holder[key])
-        context = _context(otel, merged)
-        return common.build(event_id, "track", name, anonymous_id, user_id, timestamp, received_at, None,
-                            context, properties, None, limits)
+        return _event(event_id, name, timestamp, received_at, merged, otel, properties, limits)
     except Rejected as rej:
         rej.event_id = event_id
         raise
@@ -227,8 +233,6 @@ def normalise_span(resource_spans: dict, scope_spans: dict, span, event, limits:
             name = event.get("name") or SPAN_EVENT
             timestamp = _nanos(event.get("timeUnixNano"), "timeUnixNano") or received_at
         merged = {**resource, **attributes(span.get("attributes")), **attrs}
-        user_id = common.id_text(merged.get("user.id", merged.get("enduser.id")), "user.id")
-        anonymous_id = common.id_text(merged.get("device.id"), "device.id")
         properties = dict(attrs)
         if event is None:
             start, end = _nanos(span.get("startTimeUnixNano"), "startTimeUnixNano"), \
@@ -249,9 +253,7 @@ def normalise_span(resource_spans: dict, scope_spans: dict, span, event, limits:
             otel["kind"] = _kind(span.get("kind"))
         if event is not None:
             otel["span_name"] = span.get("name")
-        context = _context(otel, merged)
-        return common.build(event_id, "track", name, anonymous_id, user_id, timestamp, received_at, None,
-                            context, properties, None, limits)
+        return _event(event_id, name, timestamp, received_at, merged, otel, properties, limits)
     except Rejected as rej:
         rej.event_id = event_id
         raise
