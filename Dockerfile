@@ -23,13 +23,13 @@ RUN pip install --no-cache-dir -c constraints.txt .
 ENV FLEX_TEMPLATE_PYTHON_PY_FILE=/opt/beamhouse/pipelines/deliver.py
 ENV PYTHONUNBUFFERED=1
 # Two malloc arenas instead of up to 8 per core: the harness's gRPC and bundle threads each keep freed
-# memory in their own (see limit_malloc_arenas in pipelines/worker.py for what it measured).
+# memory in their own (see limit_malloc_arenas in pipelines/memory.py for what it measured).
 ENV MALLOC_ARENA_MAX=2
 # Arrow's jemalloc pool instead of pyarrow's default mimalloc, which keeps freed batches
-# (see lean_arrow_pool in pipelines/worker.py).
+# (see lean_arrow_pool in pipelines/memory.py).
 ENV ARROW_DEFAULT_MEMORY_POOL=jemalloc
 # One jemalloc arena instead of one per thread: the harness runs bundles on whichever thread is free, and
-# each thread's arena kept what its bundles had freed (see lean_arrow_pool in pipelines/worker.py).
+# each thread's arena kept what its bundles had freed (see lean_arrow_pool in pipelines/memory.py).
 ENV JE_ARROW_MALLOC_CONF=narenas:1
 
 # Workers and harnesses start through Beam's boot script (the SDK image's own entry point).

@@ -26,6 +26,7 @@ Beam options are accepted as well, for example:
                                   PrismRunner, FlinkRunner, DataflowRunner, PortableRunner
   --direct_running_mode MODE      in_memory (default) or multi_processing (local runs)
   --direct_num_workers N          worker processes of a multi_processing local run
+                                  (started fast; BEAMHOUSE_FAST_START=off in the environment: Beam's own start-up)
   --streaming                     streaming mode (implied by a streaming source)
   --project, --region, --temp_location, --staging_location   Dataflow
   --flink_master, --job_endpoint, --environment_type          Flink / portable runners

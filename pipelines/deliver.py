@@ -14,15 +14,15 @@ from __future__ import annotations
 import gc
 import sys
 
-from pipelines import worker
+from pipelines import local
 
 if __name__ == "__main__":
     # A terminal gets a progress line; its folder is named before any worker starts, so they all see it.
     from transforms import progress
 
     progress.prepare()
-    # First, before this process imports Beam: local worker processes import it meanwhile (pipelines.worker).
-    worker.prestart(sys.argv[1:], preload="pipelines.deliver")
+    # First, before this process imports Beam: local worker processes import it meanwhile (pipelines.local).
+    local.prestart(sys.argv[1:], preload="pipelines.deliver")
     # No garbage collection while the modules below load (main() turns it back on): importing Beam makes
     # some 170,000 objects, and the collections they set off walked them again and again (about 0.2 s of
     # a 1.1 s start-up on this machine).
@@ -38,7 +38,7 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines import cli, local_runner, runtime
+from pipelines import cli, memory, runtime
 from pipelines.options import DeliveryOptions
 from pipelines.problems import report
 from transforms import accounting, coders, configdb, secrets, streaming
@@ -53,8 +53,8 @@ from transforms.streaming import BatchByInterval, DeduplicateStream, ReadStream
 
 DEFAULT_BATCH_RUNNER = "FnApiRunner"
 DEFAULT_STREAMING_RUNNER = "BundleBasedDirectRunner"  # the DirectRunner's streaming engine, no download
-# Runners whose workers run on this machine as this process or its children (they inherit its environment,
-# which is how inline secrets reach them without entering the pipeline graph: transforms.secrets).
+# Runners whose workers run on this machine as the job's process or its children (they inherit its environment,
+# which is also how inline secrets reach them without entering the pipeline graph: transforms.secrets).
 LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner",
                  "TestDirectRunner", "PrismRunner")
 log = logging.getLogger("beamhouse")
@@ -272,9 +272,9 @@ def run(argv=None) -> int:
         return report(errors, secrets.redact)
     enabled = [i for i in integrations if i.enabled]
     settings = parse_settings(opts, integrations)
-    worker.memory_settings()
+    memory.memory_settings()
     try:
-        p = beam.Pipeline(runner=local_runner.local_runner(options), options=options)
+        p = beam.Pipeline(runner=local.runner(argv, options), options=options)
         with coders.spill_locally(p):
             stream = None if source is None else {"source": source, "dedup_window_seconds": opts.dedup_window_seconds,
                                                   "allowed_lateness_seconds": opts.allowed_lateness_seconds}
@@ -355,11 +355,11 @@ def dead_letter_failure(summary: dict, max_fraction: float) -> str | None:
 
 
 def main() -> None:
-    worker.collect_after_imports()
+    memory.collect_after_imports()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # No interpreter teardown once the run is over (exit handlers still run): freeing Beam's heap object by
     # object took about 0.6 s after every run.
-    worker.exit_now(run(sys.argv[1:]))
+    local.finish(sys.argv[1:], run(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import sys
 
-from pipelines import worker
+from pipelines import local
 
 if __name__ == "__main__":
-    # First, before this process imports Beam: local worker processes import it meanwhile (pipelines.worker).
-    worker.prestart(sys.argv[1:], preload="pipelines.regenerate")
+    # First, before this process imports Beam: local worker processes import it meanwhile (pipelines.local).
+    local.prestart(sys.argv[1:], preload="pipelines.regenerate")
 
 import argparse
 import logging
@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines import cli, local_runner, runtime
+from pipelines import cli, memory, runtime
 from pipelines.problems import report
 from transforms import accounting, coders, secrets
 from transforms.archive import read_lines, reported_files, rows_to_batch
@@ -125,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(argv=None) -> int:
     secrets.install_log_redaction()
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
     integrations, errors = load_integrations(args.integrations)
@@ -167,9 +168,9 @@ def run(argv=None) -> int:
     problems = runtime.runner_problems(options) + [e for e in [coders.spill_options_error(options)] if e]
     if problems:
         return report(problems)
-    worker.memory_settings()
+    memory.memory_settings()
     try:
-        p = beam.Pipeline(runner=local_runner.local_runner(options), options=options)
+        p = beam.Pipeline(runner=local.runner(argv, options), options=options)
         with coders.spill_locally(p), p:  # the pipeline runs when its block ends, before the spill goes
             read = (p | "ArchiveFiles" >> beam.Create(files)
                     | "Reshuffle" >> beam.Reshuffle()
@@ -203,7 +204,7 @@ def run(argv=None) -> int:
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    worker.exit_now(run(sys.argv[1:]))  # as pipelines.deliver: no interpreter teardown after the run
+    local.finish(sys.argv[1:], run(sys.argv[1:]))  # as pipelines.deliver: no interpreter teardown after the run
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Local multi-process runs (FnApiRunner, multi_processing) run ``pipelines.worker`` processes, started as
-standbys before the job imports Beam when ``pipelines.worker.prestart`` was called (on Linux one standby,
+"""Local multi-process runs (FnApiRunner, multi_processing) run ``pipelines.local.standby`` processes, started as
+standbys before the job imports Beam when ``pipelines.local.standby.prestart`` was called (on Linux one standby,
 which forks the other workers and becomes the last one itself): the workers freeze their start-up objects out
 of the collector (imported with collection off, run with it on) and end without an interpreter teardown."""
 import gc
@@ -10,12 +10,17 @@ import sys
 import time
 
 import apache_beam as beam
+import orjson
 import pyarrow as pa
 import pytest
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines import local_runner, worker
+from pipelines import memory
+from pipelines.local import SWITCH
+from pipelines.local import multiprocess as local_runner
+from pipelines.local import standby as worker
+from tests.guarantees.invariants import deliver
 
 MULTI = ["--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
 ONE_WORKER = ["--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=1"]
@@ -44,7 +49,7 @@ def no_standby_left():
 
 
 def test_multi_process_workers_run_the_lean_worker_and_the_options_keep_their_mode():
-    options = _run(MULTI, [("pipelines.worker", True, True, False)])  # no prestart: the runner starts them
+    options = _run(MULTI, [("pipelines.local.standby", True, True, False)])  # no prestart: the runner starts them
     assert options.view_as(DirectOptions).direct_running_mode == "multi_processing"
 
 
@@ -90,10 +95,10 @@ def test_one_prestarted_standby_forks_the_runs_workers_with_the_jobs_memory_sett
     standbys = list(worker._standby)
     assert [s.forks for s in standbys] == [1]  # Linux: one standby imports for both workers
     env = _start_environment(standbys[0].pid)  # read when it started: before pyarrow and glibc's malloc set up
-    assert env[b"MALLOC_ARENA_MAX"] == str(worker.MALLOC_ARENAS).encode()
-    assert env[b"ARROW_DEFAULT_MEMORY_POOL"] == worker.ARROW_POOL.encode()
-    assert env[b"JE_ARROW_MALLOC_CONF"] == worker.JEMALLOC_CONF.encode()
-    taken = _run_taking(MULTI, [("pipelines.worker", True, True, True, True)], monkeypatch)
+    assert env[b"MALLOC_ARENA_MAX"] == str(memory.MALLOC_ARENAS).encode()
+    assert env[b"ARROW_DEFAULT_MEMORY_POOL"] == memory.ARROW_POOL.encode()
+    assert env[b"JE_ARROW_MALLOC_CONF"] == memory.JEMALLOC_CONF.encode()
+    taken = _run_taking(MULTI, [("pipelines.local.standby", True, True, True, True)], monkeypatch)
     # the first worker is forked from the standby, which then becomes the second; both are the job's children
     assert [type(p) for p in taken] == [worker.ForkedWorker, worker._Standby]
     assert worker._standby == [] and [p.returncode for p in taken] == [0, 0]
@@ -103,7 +108,7 @@ def test_without_adoption_each_worker_is_a_standby_of_its_own(monkeypatch):
     monkeypatch.setattr(worker, "adopt_orphans", lambda: False)  # as where there is no child subreaper
     assert worker.prestart(MULTI, preload="pipelines.deliver") == 2
     assert [s.forks for s in worker._standby] == [0, 0]
-    taken = _run_taking(MULTI, [("pipelines.worker", True, True, True, True)], monkeypatch)
+    taken = _run_taking(MULTI, [("pipelines.local.standby", True, True, True, True)], monkeypatch)
     assert [type(p) for p in taken] == [worker._Standby] * 2 and [p.returncode for p in taken] == [0, 0]
 
 
@@ -131,7 +136,7 @@ def test_a_dead_standby_is_replaced_by_workers_started_the_usual_way(argv):
     for standby in worker._standby:
         standby.kill()
         standby.wait()
-    _run(argv, [("pipelines.worker", True, True, False)])
+    _run(argv, [("pipelines.local.standby", True, True, False)])
     assert worker._standby == []
 
 
@@ -145,7 +150,7 @@ def test_standbys_another_runner_does_not_use_are_stopped():
 @pytest.mark.parametrize("forks", [0, 1])
 def test_a_standby_whose_job_has_gone_exits_quietly(forks):
     read, write = os.pipe()
-    standby = subprocess.Popen([sys.executable, "-m", "pipelines.worker", worker.STANDBY_FLAG, "pipelines.deliver",
+    standby = subprocess.Popen([sys.executable, "-m", "pipelines.local.standby", worker.STANDBY_FLAG, "pipelines.deliver",
                                 str(forks), str(write)], stdin=subprocess.PIPE, stderr=subprocess.PIPE,
                                pass_fds=(write,))
     os.close(write)
@@ -174,7 +179,7 @@ def test_other_runners_and_in_process_runs_keep_beams_runner(argv):
 
 
 def test_exit_now_runs_the_exit_handlers_flushes_and_keeps_the_status():
-    code = ("import atexit, sys; from pipelines.worker import exit_now; "
+    code = ("import atexit, sys; from pipelines.local.standby import exit_now; "
             "atexit.register(lambda: print('handler ran')); print('buffered', end=' '); "
             "sys.stderr.write('to stderr'); exit_now(3)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -194,3 +199,28 @@ def test_the_jobs_process_imports_with_collection_off_and_runs_with_it_on():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr  # the configuration error, reported as such
     assert done.stdout.split() == ["True", "True", "0"]  # collecting, frozen, and no full collection so far
+
+
+def _lake(root) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+            and not {"_reports", "_ledger"} & set(p.parts)}  # the ledger's id files hold ids in arrival order
+
+
+def test_switched_off_a_multi_process_run_delivers_what_the_fast_start_delivers(tmp_path):
+    from tests import eventgen
+
+    lines, _truth = eventgen.generate(n=400, seed=11)
+    (tmp_path / "in.ndjson").write_bytes(b"\n".join(lines) + b"\n")
+    lakes = {}
+    for switch in ("on", "off"):
+        root = tmp_path / switch
+        (tmp_path / f"{switch}.json").write_bytes(orjson.dumps([{"source_id": "src_example", "vendor": "files",
+                                                                  "name": "Lake",
+                                                                  "config": {"path": str(root / "lake")}}]))
+        done = deliver(f"--integrations={tmp_path / f'{switch}.json'}", f"--input={tmp_path / 'in.ndjson'}",
+                       f"--dead_letter={root / 'dead'}", "--runner=FnApiRunner",
+                       "--direct_running_mode=multi_processing", "--direct_num_workers=2",
+                       env={SWITCH: switch})
+        assert done.returncode == 0, done.stderr
+        lakes[switch] = _lake(root / "lake")
+    assert lakes["on"] and lakes["on"] == lakes["off"]

@@ -70,7 +70,7 @@ def test_malloc_arena_cap_reaches_workers_and_keeps_a_users_setting(monkeypatch)
     user set is kept."""
     import subprocess
 
-    from pipelines.worker import MALLOC_ARENAS, limit_malloc_arenas
+    from pipelines.memory import MALLOC_ARENAS, limit_malloc_arenas
 
     assert re.search(rf"^ENV MALLOC_ARENA_MAX={MALLOC_ARENAS}$", (ROOT / "Dockerfile").read_text(), re.M)
     monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
@@ -88,7 +88,7 @@ def test_jemalloc_has_one_arena_for_the_job_and_its_workers_unless_set(monkeypat
     a process started with it reads it; a value the user set is kept."""
     import subprocess
 
-    from pipelines.worker import JEMALLOC_CONF, lean_arrow_pool
+    from pipelines.memory import JEMALLOC_CONF, lean_arrow_pool
 
     assert re.search(rf"^ENV JE_ARROW_MALLOC_CONF={JEMALLOC_CONF}$", (ROOT / "Dockerfile").read_text(), re.M)
     monkeypatch.delenv("JE_ARROW_MALLOC_CONF", raising=False)
@@ -112,7 +112,7 @@ def test_arrow_pool_is_jemalloc_for_the_job_and_its_workers_unless_set(monkeypat
 
     import pyarrow as pa
 
-    from pipelines.worker import ARROW_POOL, lean_arrow_pool
+    from pipelines.memory import ARROW_POOL, lean_arrow_pool
 
     assert re.search(rf"^ENV ARROW_DEFAULT_MEMORY_POOL={ARROW_POOL}$", (ROOT / "Dockerfile").read_text(), re.M)
     before = pa.default_memory_pool()

@@ -1,10 +1,10 @@
-"""Worker processes for local multi-process runs, started early, and the process settings they share with
-the job.
+"""Worker processes for local multi-process runs, started early (part of the fast local start: see
+``pipelines.local``).
 
 ``--runner=FnApiRunner --direct_running_mode=multi_processing`` (how ``pipelines.deliver`` uses more than one
 core when asked, and what the benchmark passes) runs ``--direct_num_workers`` worker processes. Beam starts
 them as ``python -m apache_beam.runners.worker.sdk_worker_main`` once the pipeline is built; with the runner of
-``pipelines.local_runner`` they run this module instead: Beam's SDK harness, with these changes for a process
+``pipelines.local.multiprocess`` they run this module instead: Beam's SDK harness, with these changes for a process
 that lives for one run only:
 
 - **started early**: ``prestart(argv, preload)``, called by ``pipelines.deliver`` and ``pipelines.regenerate``
@@ -21,7 +21,7 @@ that lives for one run only:
   three processes imported the same modules on two cores at the start of every run (1M events: start-up
   2.3 s, now 1.6 s; about 1.5 CPU-seconds less);
 - the objects of start-up (Beam's, gRPC's and protobuf's modules: about 170,000) are made with the garbage
-  collector off and then frozen out of its view (``gc.freeze``, ``collect_after_imports``), so neither the
+  collector off and then frozen out of its view (``gc.freeze``, ``memory.collect_after_imports``), so neither the
   collections importing sets off nor the run's full collections walk them again and again (the job's
   process does the same, ``pipelines.deliver``);
 - when the harness has finished, the process runs its exit handlers and ends without tearing down its
@@ -30,11 +30,10 @@ that lives for one run only:
 
 A harness that fails raises as before (exit status 1, which fails the run). Other runners, and the
 single-process FnApiRunner, are untouched. At import this module loads only the standard library (Beam comes
-in when a worker runs, pyarrow in ``lean_arrow_pool``), so the job can call ``prestart`` before its own imports.
+in when a worker runs, pyarrow in ``memory.lean_arrow_pool``), so the job can call ``prestart`` before its own imports.
 """
 from __future__ import annotations
 
-import argparse
 import atexit
 import ctypes
 import gc
@@ -46,7 +45,10 @@ import subprocess
 import sys
 import threading
 
-WORKER_MODULE = "pipelines.worker"
+from pipelines import memory
+from pipelines.local import local_workers
+
+WORKER_MODULE = "pipelines.local.standby"
 STANDBY_FLAG = "--standby"
 _standby: list[_Standby] = []  # started by prestart, not yet handed to the runner
 
@@ -56,31 +58,11 @@ def worker_command() -> str:
     return f"{sys.executable} -m {WORKER_MODULE}"
 
 
-def local_workers(argv) -> int:
-    """How many worker processes the Beam arguments ``argv`` will run locally: ``--direct_num_workers``
-    (0: one per core; default 1) for ``--direct_running_mode=multi_processing`` on the FnApiRunner (named, or
-    the runner left to the job's default), else 0. Read the way Beam reads them (no abbreviations); a job
-    whose default turns out to be another runner stops the standbys (``discard_standby``)."""
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    parser.add_argument("--runner")
-    parser.add_argument("--direct_running_mode")
-    parser.add_argument("--direct_num_workers", type=int, default=1)
-    try:
-        known, _ = parser.parse_known_args(list(argv))
-    except SystemExit:  # a malformed value: the job's own parsing reports it
-        return 0
-    if known.direct_running_mode != "multi_processing" or known.runner not in (None, "FnApiRunner"):
-        return 0
-    if known.direct_num_workers < 0:
-        return 0
-    return known.direct_num_workers or os.cpu_count() or 1
-
-
 def prestart(argv, preload: str) -> int:
     """Start the worker processes ``argv`` will need (``local_workers``) as standbys importing Beam and the
     module ``preload`` (the job's entry point, which imports what its transforms need). Call it first thing
     in a job's ``__main__``; returns how many workers the standbys will give. Applies the job's memory
-    settings first (``memory_settings``): glibc reads the arena cap when a process starts, and Arrow
+    settings first (``memory.memory_settings``): glibc reads the arena cap when a process starts, and Arrow
     its pool when pyarrow is loaded, which the standbys do at once (a pool switched afterwards is not the one
     Arrow's own C++ code allocates from: that cost the two workers about 50 MiB at the peak).
 
@@ -90,7 +72,7 @@ def prestart(argv, preload: str) -> int:
     wanted = local_workers(argv)
     if not wanted:
         return 0
-    memory_settings()
+    memory.memory_settings()
     forks = wanted - 1 if wanted > 1 and adopt_orphans() else 0
     for _ in range(wanted - forks):
         _standby.append(_Standby(preload, forks))
@@ -215,63 +197,6 @@ def exit_now(status: int) -> None:
     os._exit(status)
 
 
-def memory_settings() -> None:
-    """The job's memory settings, for this process and the workers it starts: ``limit_malloc_arenas`` and
-    ``lean_arrow_pool``. Jobs call it before their runner starts; ``prestart`` calls it before the standbys."""
-    limit_malloc_arenas()
-    lean_arrow_pool()
-
-
-_M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
-MALLOC_ARENAS = 2  # the default of MALLOC_ARENA_MAX for the job and its workers (the image sets the same)
-
-
-def limit_malloc_arenas() -> None:
-    """Cap glibc's malloc arenas for this process and the worker processes it starts, unless
-    ``MALLOC_ARENA_MAX`` is already set. glibc gives threads their own arenas (up to 8 per core), and the
-    runner's gRPC and bundle threads each keep freed memory in theirs: with two arenas, 1M events peaked
-    about 170 MiB lower over the controller and two workers, in the same time. Workers inherit the variable;
-    this process applies it with ``mallopt`` (before the runner starts its threads). Not glibc: no effect.
-    On Dataflow or Flink, set the variable in the worker image (the Dockerfile does)."""
-    arenas = os.environ.setdefault("MALLOC_ARENA_MAX", str(MALLOC_ARENAS))
-    try:
-        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, int(arenas))
-    except (AttributeError, OSError, ValueError):  # another C library, or a value glibc would ignore too
-        pass
-
-
-ARROW_POOL = "jemalloc"  # the Arrow memory pool for the job and its workers (the image sets the same)
-JEMALLOC_CONF = "narenas:1"  # the default of JE_ARROW_MALLOC_CONF for them (the image sets the same)
-
-
-def lean_arrow_pool() -> None:
-    """Make jemalloc Arrow's memory pool for this process and the worker processes it starts, unless
-    ``ARROW_DEFAULT_MEMORY_POOL`` is already set or this pyarrow has no jemalloc (then Arrow's default stays).
-    pyarrow's default, mimalloc, kept the batches the dedup and write stages had freed: on 1M events
-    jemalloc took the peak from about 1020 to 860 MiB over the controller and two workers, in the same time
-    (about 85 MiB less in one process running the same stages alone). Workers started later read the
-    variable when they import pyarrow; a process that has imported it (the job's, a standby worker) switches
-    its pool. On Dataflow or Flink, set the variable in the worker image (the Dockerfile does).
-
-    jemalloc gets one arena (``JE_ARROW_MALLOC_CONF``, unless set: its options for Arrow's jemalloc, read
-    when a process first uses it) instead of one per thread: Beam runs a worker's bundles on whichever
-    thread of its pool is free, and the memory the parse stage's thread had freed stayed in that thread's
-    arena while the dedup stage's thread took fresh pages for its own. On 1M events the peak fell from
-    about 890 to 807 MiB over the job's three processes, in the same time (6.82 s, medians of six
-    alternating runs)."""
-    os.environ.setdefault("JE_ARROW_MALLOC_CONF", JEMALLOC_CONF)
-    if "ARROW_DEFAULT_MEMORY_POOL" in os.environ:
-        return
-    import pyarrow as pa
-
-    try:
-        pool = pa.jemalloc_memory_pool()
-    except NotImplementedError:  # built without jemalloc (Windows wheels)
-        return
-    os.environ["ARROW_DEFAULT_MEMORY_POOL"] = ARROW_POOL
-    pa.set_memory_pool(pool)
-
-
 def _await_handoff(preload: str, forks: int, replies: int) -> None:
     """A standby's wait: import what the job's transforms will need, then fork ``forks`` workers, each when
     the runner's environment for it arrives on standard input, and take the next environment for this
@@ -322,17 +247,6 @@ def _fork_worker(handoff: bytes, replies: int) -> bool:
     return False
 
 
-def collect_after_imports() -> None:
-    """Call once the start-up imports are done, with garbage collection turned off for them
-    (``gc.disable()``): freezes what they made out of the collector's view (``gc.freeze``; see the module
-    docstring) and turns collection back on. Importing Beam makes about 170,000 objects, and the
-    collections they set off while importing walked them again and again: about 0.2 s of a 1.1 s import on
-    this machine, in the job's process and in the standby worker alike. What the imports left unreachable
-    (under 1 MB) stays."""
-    gc.freeze()
-    gc.enable()
-
-
 def main(argv=None) -> None:
     argv = sys.argv if argv is None else argv
     gc.disable()  # until the imports are done: see collect_after_imports
@@ -340,7 +254,7 @@ def main(argv=None) -> None:
 
     if len(argv) > 4 and argv[1] == STANDBY_FLAG:
         _await_handoff(argv[2], int(argv[3]), int(argv[4]))
-    collect_after_imports()  # after the imports above and at the top: Beam, gRPC and protobuf are loaded by now
+    memory.collect_after_imports()  # after the imports above and at the top: Beam, gRPC and protobuf are loaded by now
     sdk_worker_main.main(argv)
     exit_now(0)
 

@@ -1,10 +1,10 @@
-"""The runner for local multi-process runs: Beam's ``FnApiRunner`` with ``pipelines.worker`` processes.
+"""The runner for local multi-process runs: Beam's ``FnApiRunner`` with ``pipelines.local.standby`` processes.
 
     p = beam.Pipeline(runner=local_runner(options), options=options)
 
 ``local_runner`` returns None (so the pipeline makes the runner its options name) unless the options ask
 for ``--runner=FnApiRunner --direct_running_mode=multi_processing``. Then its workers run
-``pipelines.worker``, and each one the runner starts is a standby that ``pipelines.worker.prestart`` began
+``pipelines.local.standby``, and each one the runner starts is a standby that ``pipelines.local.standby.prestart`` began
 before the job imported Beam (on Linux, or a worker that standby forked), when there is one left (see that
 module for why).
 
@@ -27,7 +27,7 @@ from apache_beam.transforms.environments import Environment, SubprocessSDKEnviro
 from apache_beam.utils import thread_pool_executor
 from google.protobuf import json_format, text_format
 
-from pipelines import worker
+from pipelines.local import standby
 
 PRESTARTED_URN = "beamhouse:env:prestarted_python:v1"
 
@@ -62,7 +62,7 @@ class _PrestartedSdkWorker(local_job_service.SubprocessSdkWorker):
                    PIPELINE_OPTIONS=json_format.MessageToJson(self._provision_info.provision_info.pipeline_options))
         if self._worker_id:
             env["WORKER_ID"] = self._worker_id
-        process = worker.take_standby(env)
+        process = standby.take_standby(env)
         if process is None:
             with worker_handlers.SUBPROCESS_LOCK:  # Beam's lock: no two workers inherit each other's pipes
                 process = subprocess.Popen(self._worker_command_line, shell=True, env=env)
@@ -92,11 +92,11 @@ class PrestartedWorkerHandler(worker_handlers.SubprocessSdkWorkerHandler):
 
 
 class MultiProcessRunner(FnApiRunner):
-    """FnApiRunner whose worker processes run ``pipelines.worker``, standbys first."""
+    """FnApiRunner whose worker processes run ``pipelines.local.standby``, standbys first."""
 
     def run_pipeline(self, pipeline, options):
         direct = options.view_as(DirectOptions)
-        self._default_environment = PrestartedEnvironment(command_string=worker.worker_command())
+        self._default_environment = PrestartedEnvironment(command_string=standby.worker_command())
         # In multi-processing mode run_pipeline would put Beam's own worker command back: let it see no mode
         # (the number of workers still comes from --direct_num_workers), then give the options theirs back.
         mode, direct.direct_running_mode = direct.direct_running_mode, None
@@ -104,7 +104,7 @@ class MultiProcessRunner(FnApiRunner):
             return super().run_pipeline(pipeline, options)
         finally:
             direct.direct_running_mode = mode
-            worker.discard_standby()  # more were started than the run used
+            standby.discard_standby()  # more were started than the run used
 
 
 def local_runner(options):
@@ -112,6 +112,6 @@ def local_runner(options):
     otherwise (the pipeline then makes the runner its options name, and standbys are stopped)."""
     if (options.view_as(StandardOptions).runner != "FnApiRunner"
             or options.view_as(DirectOptions).direct_running_mode != "multi_processing"):
-        worker.discard_standby()
+        standby.discard_standby()
         return None
     return MultiProcessRunner()
