@@ -2,8 +2,9 @@
 
 ``encode(file_format, table, compression, **options) -> bytes`` and ``extension(file_format,
 compression) -> str``. Formats: ``json`` (NDJSON), ``csv``, ``parquet``. Compression: ``gzip``,
-``zstd``, ``none`` for all; ``snappy`` for Parquet only. Output is deterministic for the same input
-(gzip with mtime 0), so a retried batch produces the same bytes.
+``zstd``, ``none`` for all; ``snappy`` for Parquet only. ``options`` are the format's own (``separator``
+for CSV; ``time_format``, ``nulls`` for NDJSON). Every file the sinks write or stage is encoded here.
+Output is deterministic for the same input (gzip with mtime 0), so a retried batch produces the same bytes.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def extension(file_format: str, compression: str) -> str:
 def encode(file_format: str, table, compression: str, **options) -> bytes:
     if file_format == "parquet":
         return parquet.encode(table, compression)
-    data = ndjson.encode(table) if file_format == "json" else csv_format.encode(table, **options)
+    data = ndjson.encode(table, **options) if file_format == "json" else csv_format.encode(table, **options)
     if compression == "gzip":
         return gzip.compress(data, compresslevel=6, mtime=0)
     if compression == "zstd":

@@ -42,10 +42,12 @@ from typing import Literal
 
 import apache_beam as beam
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 from pydantic import Field
 
-from transforms import deadletter
+from transforms import deadletter, formats
 from transforms.deadletter import DEAD_LETTERS
 from transforms.integrations import BaseDestinationConfig
 from transforms.profiles.warehouse import COLUMNS, JSON_COLUMNS, TIME_COLUMNS, to_warehouse
@@ -224,16 +226,10 @@ def ensure_table(client, config: BigQueryConfig) -> list[str]:
     return [f"table {config.table_id} is incompatible: {p}" for p in problems]
 
 
-def load_file(rows: list[dict]) -> bytes:
-    """NDJSON for a load job: JSON columns as JSON values (a JSON column would keep a string as a string)."""
-    out = []
-    for row in rows:
-        row = dict(row)
-        for column in JSON_COLUMNS:
-            if column in row:
-                row[column] = orjson.Fragment(row[column])
-        out.append(orjson.dumps(row))
-    return b"\n".join(out) + b"\n"
+def load_file(table) -> bytes:
+    """NDJSON for a load job (``formats``): JSON columns as JSON values (a JSON column would keep a string as
+    a string), times ISO 8601 UTC, nulls omitted."""
+    return formats.encode("json", to_warehouse(table), "none")
 
 
 def insert_rows(table) -> tuple[list[dict], list[int]]:
@@ -304,12 +300,11 @@ class _LoadFn(_InsertAllFn):
     """``file_loads``: load job into a staging table, MERGE on event_id, drop the staging table."""
 
     def process(self, table):
-        rows, _ = insert_rows(table)
-        rows.sort(key=lambda r: r["event_id"])
-        for start in range(0, len(rows), self._config.batch_size):
-            yield from self._load(rows[start:start + self._config.batch_size])
+        table = table.sort_by("event_id")
+        for start in range(0, table.num_rows, self._config.batch_size):
+            yield from self._load(table.slice(start, self._config.batch_size))
 
-    def _load(self, rows: list[dict]):
+    def _load(self, rows):
         import hashlib
         import io
 
@@ -317,7 +312,7 @@ class _LoadFn(_InsertAllFn):
         from google.cloud import bigquery
 
         c = self._config
-        ids = [r["event_id"] for r in rows]
+        ids = rows["event_id"].to_pylist()
         batch = hashlib.sha256("\x00".join([c.table_id, *ids]).encode()).hexdigest()[:16]
         staging = f"{c.project_id}.{c.dataset}._beamhouse_load_{batch}"
         data = load_file(rows)
@@ -346,10 +341,10 @@ class _LoadFn(_InsertAllFn):
                 raise RuntimeError(redact(f"{c.table_id}: load job failed: {exc.message}")) from None
             # Invalid data: stream this batch instead, so the bad rows are named and the rest lands.
             self._client.delete_table(staging, not_found_ok=True)
-            yield from self._insert(rows)
+            yield from self._insert(insert_rows(rows)[0])
             return
-        times = [r["timestamp"] for r in rows]
-        lo, hi = (_parse_us(min(times)), _parse_us(max(times)))
+        times = rows["timestamp"].cast(pa.int64())
+        lo, hi = pc.min(times).as_py(), pc.max(times).as_py()
         try:
             merge = self._client.query(merge_sql(c.table_id, staging, lo, hi), retry=self._retry)
             merge.result(timeout=timeout)
@@ -360,12 +355,6 @@ class _LoadFn(_InsertAllFn):
         self._inserted.inc(inserted)
         self._present.inc(len(rows) - inserted)
         yield {"table": c.table_id, "rows": len(rows), "inserted": inserted}
-
-
-def _parse_us(iso: str) -> int:
-    from transforms.timestamps import parse_timestamp_us
-
-    return parse_timestamp_us(iso)
 
 
 class WriteEventsToBigQuery(beam.PTransform):

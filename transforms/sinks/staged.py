@@ -24,9 +24,7 @@ dead letter carrying the warehouse's own message (at most about 2·log2(n) extra
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import typing
 from dataclasses import dataclass, field
 
@@ -36,9 +34,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
-from transforms import coders, deadletter
+from transforms import coders, deadletter, formats
 from transforms.deadletter import DEAD_LETTERS
-from transforms.profiles.warehouse import JSON_COLUMNS, TIME_COLUMNS, to_warehouse
+from transforms.profiles.warehouse import TIME_COLUMNS, to_warehouse
 
 
 @dataclass
@@ -71,42 +69,25 @@ def batch_name(integration_id: str, day: str, event_ids: typing.Sequence[str], e
     return f"{day}/{integration_id}-{digest}{extension}"
 
 
-def _time_text(column) -> list:
-    # 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC: read by Redshift's TIMEFORMAT 'auto' and Snowflake's
-    # TIMESTAMP_NTZ alike (no 'T', no zone suffix to be interpreted differently).
-    return pc.strftime(column, format="%Y-%m-%d %H:%M:%S").to_pylist()
+# 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC: read by Redshift's TIMEFORMAT 'auto' and Snowflake's TIMESTAMP_NTZ alike
+# (no 'T', no zone suffix to be interpreted differently).
+WAREHOUSE_TIME = "%Y-%m-%d %H:%M:%S"
 
 
 def ndjson_gzip(rows: pa.Table) -> bytes:
-    """The warehouse rows as gzip NDJSON: JSON columns as nested JSON, times as UTC text, nulls kept.
-    Deterministic bytes (gzip header without a timestamp). Pure."""
-    table = to_warehouse(rows)
-    times = {c: _time_text(table[c]) for c in TIME_COLUMNS}
-    out = io.BytesIO()
-    names = table.column_names
-    columns = {c: table[c].to_pylist() for c in names}
-    for i in range(table.num_rows):
-        row = {}
-        for c in names:
-            value = times[c][i] if c in times else columns[c][i]
-            row[c] = orjson.Fragment(value) if (c in JSON_COLUMNS and value is not None) else value
-        out.write(orjson.dumps(row))
-        out.write(b"\n")
-    return gzip.compress(out.getvalue(), compresslevel=6, mtime=0)
+    """The warehouse rows as gzip NDJSON (``formats``): JSON columns as nested JSON, times as UTC text, nulls
+    kept. Deterministic bytes (gzip header without a timestamp). Pure."""
+    return formats.encode("json", to_warehouse(rows), "gzip", time_format=WAREHOUSE_TIME, nulls=True)
 
 
 def parquet_bytes(rows: pa.Table) -> bytes:
     """The warehouse rows as Parquet (snappy); JSON columns are strings holding JSON, times are UTC
     microseconds without a zone (TIMESTAMP_NTZ). Pure."""
-    import pyarrow.parquet as pq
-
     table = to_warehouse(rows)
     for name in TIME_COLUMNS:
         idx = table.schema.get_field_index(name)
         table = table.set_column(idx, name, table[name].cast(pa.timestamp("us")))
-    sink = io.BytesIO()
-    pq.write_table(table, sink, compression="snappy")
-    return sink.getvalue()
+    return formats.encode("parquet", table, "snappy")
 
 
 ENCODERS = {"json": (ndjson_gzip, ".json.gz"), "parquet": (parquet_bytes, ".parquet")}
