@@ -186,6 +186,16 @@ def test_refused_rows_are_isolated_and_the_rest_lands():
     assert loader.loads <= 1 + 2 * 5  # one round per halving level
 
 
+@pytest.mark.parametrize("loader", [rs.RedshiftLoader, sf.SnowflakeLoader])
+def test_each_staged_warehouse_implements_the_loader_protocol_with_its_signatures(loader):
+    import inspect
+
+    for name in ("check_target", "prepare", "stage", "load", "close"):
+        ours, theirs = inspect.signature(getattr(staged.Loader, name)), inspect.signature(getattr(loader, name))
+        assert list(ours.parameters) == list(theirs.parameters), name
+    assert issubclass(loader, staged.Loader)
+
+
 def test_copy_outcomes_read_snowflake_results():
     files = [staged.make_file("wh", "2026-01-28", _rows(3), "json"),
              staged.make_file("wh", "2026-01-28", _rows(2), "json")]

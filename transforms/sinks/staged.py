@@ -9,14 +9,8 @@ Flow per integration::
 
 A file's name is derived from the integration, the day and its event ids, so a retried or re-run batch
 produces the same name and the same bytes (gzip without a timestamp): stages and load histories
-recognise it. A vendor supplies a *loader* object with:
-
-- ``prepare(rows) -> (rows, already_present)``: drop rows the table already holds (optional work);
-- ``stage(files)``: upload; idempotent by name;
-- ``load(files) -> {name: None | LoadOutcome}``: load the files, raising on infrastructure errors
-  (connection, permissions, missing table) so the bundle fails and nothing is reported as delivered.
-  A file whose rows the warehouse refuses maps to its error message;
-- ``close()``.
+recognise it. A vendor supplies a ``Loader`` (the protocol below) and a function opening one,
+``open_loader(integration_id, config) -> Loader``, called once per worker.
 
 A refused file of several rows is split in halves and the halves staged and loaded again, down to
 single rows, so the rows the warehouse accepts land and each refused row becomes a ``sink_rejected``
@@ -63,6 +57,30 @@ class LoadOutcome:
     error: str | None = None
 
 
+@typing.runtime_checkable
+class Loader(typing.Protocol):
+    """A staged warehouse's loader: what a vendor module implements (``RedshiftLoader``, ``SnowflakeLoader``).
+    Infrastructure errors (connection, permissions, missing table) raise, so the bundle fails and is retried
+    and nothing is reported as delivered; refused data never raises."""
+
+    def check_target(self) -> list[str]:
+        """Start-up check (preflight): problems with the target table, each a sentence; [] when fine."""
+
+    def prepare(self, rows: pa.Table) -> tuple[pa.Table, int]:
+        """Drop rows the table already holds (optional work: return ``(rows, 0)``); returns the rows left and
+        how many were dropped."""
+
+    def stage(self, files: list[BatchFile]) -> None:
+        """Upload the files to the stage; idempotent by name."""
+
+    def load(self, files: list[BatchFile]) -> dict[str, LoadOutcome]:
+        """Load staged files; each file's outcome, with ``error`` set (the warehouse's message) for a refused
+        file."""
+
+    def close(self) -> None:
+        """Release connections; called at worker teardown."""
+
+
 def batch_name(integration_id: str, day: str, event_ids: typing.Sequence[str], extension: str) -> str:
     """``<day>/<integration>-<24 hex>.<ext>``: the same events always give the same name. Pure."""
     digest = hashlib.sha256("\x00".join([integration_id, day, *event_ids]).encode()).hexdigest()[:24]
@@ -105,7 +123,7 @@ def split_batches(rows: pa.Table, batch_size: int) -> list[pa.Table]:
     return [rows.slice(start, batch_size) for start in range(0, rows.num_rows, batch_size)]
 
 
-def load_isolating_rejects(loader, integration_id: str, day: str, batches: list[pa.Table], file_format: str):
+def load_isolating_rejects(loader: Loader, integration_id: str, day: str, batches: list[pa.Table], file_format: str):
     """Stage and load ``batches``; refused files are halved until the refused rows are alone.
     Returns ``(loaded, present, rejected)`` with ``rejected`` a list of ``(row dict, message)``."""
     loaded = present = 0
@@ -141,7 +159,7 @@ class _KeyByDayFn(beam.DoFn):
 class _LoadDayFn(beam.DoFn):
     """All rows of one day -> batch files staged and loaded by the vendor's loader."""
 
-    def __init__(self, integration_id: str, config, open_loader: typing.Callable, file_format: str):
+    def __init__(self, integration_id: str, config, open_loader: typing.Callable[..., Loader], file_format: str):
         self._iid = integration_id
         self._config = config
         self._open_loader = open_loader
@@ -188,7 +206,7 @@ class WriteStagedLoads(beam.PTransform):
     """Prepared event batches -> staged files loaded by ``open_loader(integration_id, config)``.
     Returns ``{"files", "reports", "dead_letters"}`` (``files`` carries per-day load counts)."""
 
-    def __init__(self, integration, open_loader: typing.Callable, file_format: str):
+    def __init__(self, integration, open_loader: typing.Callable[..., Loader], file_format: str):
         super().__init__()
         self._integration = integration
         self._open_loader = open_loader
