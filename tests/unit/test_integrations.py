@@ -79,3 +79,21 @@ def test_completion_marker_settings():
         "completion_marker": "_SUCCESS"}}
     _, errors = validate_integrations([sftp])
     assert len(errors) == 1 and "need a files, s3 or gcs destination" in errors[0]
+
+
+def test_output_profiles_come_from_their_registry_and_no_sink_switches_on_their_names():
+    import re
+    import typing
+    from pathlib import Path
+
+    from transforms.profiles.base import Profile
+    from transforms.profiles.registry import PROFILES
+    from transforms.sinks.files.config import FileOutputConfig
+
+    assert typing.get_args(FileOutputConfig.model_fields["profile"].annotation) == tuple(PROFILES)
+    assert all(isinstance(p, Profile) and p.name == name for name, p in PROFILES.items())
+    sinks = Path(__file__).resolve().parents[2] / "transforms" / "sinks"
+    for path in sinks.rglob("*.py"):
+        text = path.read_text()
+        for name in PROFILES:
+            assert not re.search(rf"""(==|!=|\bin\b)\s*\(?["']{name}["']""", text), (path, name)

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from transforms.profiles.base import Profile
 from transforms.profiles.maps import lower_map, text
 
 STRING_MAP = pa.map_(pa.string(), pa.string())
@@ -123,3 +124,29 @@ class HackleSettings(BaseModel):
             if path.split(".")[0] not in ("context", "properties", "traits"):
                 raise ValueError(f"identifier {name!r}: path must start with context, properties or traits")
         return value
+
+
+class HackleProfile(Profile):
+    """Hackle's Data Import: Parquet, stored by day (``partition_by`` defaults to ``{date}``)."""
+
+    name = "hackle"
+    file_format = "parquet"
+
+    def defaults(self, data: dict) -> dict:
+        data = super().defaults(data)
+        data.setdefault("partition_by", "{date}")
+        return data
+
+    def check(self, config) -> None:
+        from transforms import partitioning
+
+        fields = partitioning.parse_template(config.partition_by)
+        if any(code in fields.strftime for code in ("%H", "%M", "%S")) or {"_min15", "_min30"} & set(fields.fields):
+            raise ValueError("profile hackle stores data by day: partition_by must not go below a day")
+
+    def shape(self, table: pa.Table, config) -> tuple[pa.Table, int]:
+        settings = self.settings(config)
+        return to_hackle(table, settings.metric_property, settings.identifier_paths)
+
+
+PROFILE = HackleProfile()

@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from transforms.profiles.base import Profile
 from transforms.profiles.maps import text
 from transforms.secrets import SecretField
 from transforms.storage import PublishError
@@ -232,3 +233,65 @@ def mark_data_ready(settings, day: str, end_us: int) -> dict:
         except (urllib.error.URLError, OSError) as exc:
             raise PublishError(redact(f"mark_data_ready for {day} ({kind}) failed: {exc}")) from None
     return {"mark_data_ready": end_s, "types": list(settings.mark_data_ready_types)}
+
+
+class StatsigProfile(Profile):
+    """Statsig's S3 import: Parquet, ``events/<day>/`` in ``statsig.timezone``; a completed day gets its metrics
+    and its ``finished_date`` signal (or the mark_data_ready call)."""
+
+    name = "statsig"
+    file_format = "parquet"
+
+    def defaults(self, data: dict) -> dict:
+        data = super().defaults(data)
+        if "partition_by" in data or "partition_timezone" in data:
+            raise ValueError("profile statsig has a fixed layout (events/, metrics/, signals/ by day "
+                             "in statsig.timezone); leave partition_by and partition_timezone out")
+        tz = (data.get("statsig") or {}).get("timezone", "America/Los_Angeles")
+        return {**data, "partition_by": "events/{date}", "partition_timezone": tz}
+
+    def rejected(self, table: pa.Table, config) -> list[tuple[int, str]]:
+        return to_events(table, self.settings(config).value_property)[1]
+
+    def shape(self, table: pa.Table, config) -> tuple[pa.Table, int]:
+        return to_events(table, self.settings(config).value_property)[0], 0
+
+    def completes_partitions(self, config) -> bool:
+        return True
+
+    def completion_lateness_seconds(self, config) -> float:
+        return self.settings(config).allowed_lateness_seconds
+
+    def after_completion(self, partition: str) -> tuple[str, str]:
+        day = partition.rsplit("/", 1)[-1]
+        return "day_already_finished", f"{day} was already signalled as finished to Statsig"
+
+    def finish_partition(self, storage, partition: str, end_us: int, config) -> dict:
+        """The day's metrics (from its published event files) and its signal."""
+        import hashlib
+        import io
+
+        import pyarrow.parquet as pq
+
+        from transforms import commit, formats
+
+        settings, day = self.settings(config), partition.rsplit("/", 1)[-1]
+        names = [n for n in storage.list_names(partition) if n.endswith(".parquet")]
+        events = pa.concat_tables([pq.read_table(io.BytesIO(storage.read(n))) for n in names]) if names \
+            else EVENTS_SCHEMA.empty_table()
+        out = {"day": day, "event_files": len(names), "events": events.num_rows}
+        if settings.metrics:
+            table = compute_metrics(events, day, settings.metrics)
+            data = formats.encode("parquet", table, config.compression)
+            name = f"metrics/{day}/metrics-{hashlib.sha256(data).hexdigest()[:16]}.parquet"
+            out["metrics"] = commit.publish_bytes(storage, name, data, table.num_rows)
+        if settings.signal == "dataset":
+            table = pa.table({"finished_date": [day]}, schema=SIGNALS_SCHEMA)
+            data = formats.encode("parquet", table, config.compression)
+            out["signal"] = commit.publish_bytes(storage, f"signals/{day}/finished_date-{day}.parquet", data, 1)
+        else:
+            out["signal"] = mark_data_ready(settings, day, end_us)
+        return out
+
+
+PROFILE = StatsigProfile()

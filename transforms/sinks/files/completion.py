@@ -3,12 +3,9 @@ from __future__ import annotations
 
 import apache_beam as beam
 import orjson
-import pyarrow as pa
 from apache_beam.metrics import Metrics
 
-from transforms import commit, deadletter, formats, ledger
-from transforms.profiles import statsig as statsig_profile
-from transforms.profiles.statsig import mark_data_ready
+from transforms import deadletter, ledger
 from transforms.routes import Route
 from transforms.sinks.files.config import FileOutputConfig
 
@@ -80,32 +77,7 @@ class _CompletePartitionsFn(beam.DoFn):
             # An earlier attempt's marker stands (it listed the same files: none were accepted since).
             storage.put_if_absent(f"{partition}/{c.completion_marker}", body, {})
             out.update(marker=f"{partition}/{c.completion_marker}", files=len(files))
-        if c.profile == "statsig":
-            out.update(self._finish_statsig_day(storage, partition, end_us))
+        out.update(c.output_profile().finish_partition(storage, partition, end_us, c))
         storage.put_if_absent(complete_name(partition), partition.encode(), {})
         self._completed.inc()
-        return out
-
-    def _finish_statsig_day(self, storage, partition: str, end_us: int) -> dict:
-        import hashlib
-        import io
-
-        import pyarrow.parquet as pq
-
-        settings, day = self._config.statsig, partition.rsplit("/", 1)[-1]
-        names = [n for n in storage.list_names(partition) if n.endswith(".parquet")]
-        events = pa.concat_tables([pq.read_table(io.BytesIO(storage.read(n))) for n in names]) if names \
-            else statsig_profile.EVENTS_SCHEMA.empty_table()
-        out = {"day": day, "event_files": len(names), "events": events.num_rows}
-        if settings.metrics:
-            table = statsig_profile.compute_metrics(events, day, settings.metrics)
-            data = formats.encode("parquet", table, self._config.compression)
-            name = f"metrics/{day}/metrics-{hashlib.sha256(data).hexdigest()[:16]}.parquet"
-            out["metrics"] = commit.publish_bytes(storage, name, data, table.num_rows)
-        if settings.signal == "dataset":
-            table = pa.table({"finished_date": [day]}, schema=statsig_profile.SIGNALS_SCHEMA)
-            data = formats.encode("parquet", table, self._config.compression)
-            out["signal"] = commit.publish_bytes(storage, f"signals/{day}/finished_date-{day}.parquet", data, 1)
-        else:
-            out["signal"] = mark_data_ready(settings, day, end_us)
         return out

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from transforms import formats, partitioning
 from transforms.integrations import BaseDestinationConfig
 from transforms.profiles.hackle import HackleSettings
+from transforms.profiles.registry import PROFILES
 from transforms.profiles.statsig import StatsigSettings
 from transforms.routes import Route
 from transforms.storage import storage_for
@@ -34,7 +35,7 @@ class Quota(BaseModel):
 class FileOutputConfig(BaseDestinationConfig):
     """What every file-writing vendor accepts: format, compression, layout and naming."""
 
-    profile: Literal["warehouse", "hackle", "statsig"] = "warehouse"
+    profile: Literal[tuple(PROFILES)] = "warehouse"
     """Output row shape: `warehouse` (the 13 canonical columns), or an importer's: `hackle`, `statsig`
     (docs/events.md, Output profiles)."""
     hackle: HackleSettings = Field(default_factory=HackleSettings)
@@ -75,20 +76,9 @@ class FileOutputConfig(BaseDestinationConfig):
     @model_validator(mode="before")
     @classmethod
     def _profile_defaults(cls, data):
-        # Importer profiles fix the format and the daily layout their importer reads.
-        if isinstance(data, dict) and data.get("profile") in ("hackle", "statsig"):
-            profile = data["profile"]
-            if data.get("file_format", "parquet") != "parquet":
-                raise ValueError(f"profile {profile} writes Parquet (leave file_format out or set parquet)")
-            data = {**data, "file_format": "parquet"}
-            if profile == "statsig":
-                if "partition_by" in data or "partition_timezone" in data:
-                    raise ValueError("profile statsig has a fixed layout (events/, metrics/, signals/ by day "
-                                     "in statsig.timezone); leave partition_by and partition_timezone out")
-                tz = (data.get("statsig") or {}).get("timezone", "America/Los_Angeles")
-                data.update(partition_by="events/{date}", partition_timezone=tz)
-            else:
-                data.setdefault("partition_by", "{date}")
+        # Importer profiles fix the format and the layout their importer reads.
+        if isinstance(data, dict) and data.get("profile") in PROFILES:
+            data = PROFILES[data["profile"]].defaults(dict(data))
         return data
 
     @model_validator(mode="before")
@@ -116,12 +106,13 @@ class FileOutputConfig(BaseDestinationConfig):
         return StatsigSettings._tz(value)
 
     @model_validator(mode="after")
-    def _daily(self):
-        if self.profile == "hackle":
-            fields = partitioning.parse_template(self.partition_by)
-            if any(code in fields.strftime for code in ("%H", "%M", "%S")) or {"_min15", "_min30"} & set(fields.fields):
-                raise ValueError("profile hackle stores data by day: partition_by must not go below a day")
+    def _profile_check(self):
+        self.output_profile().check(self)
         return self
+
+    def output_profile(self):
+        """This integration's output profile (``transforms.profiles.base.Profile``)."""
+        return PROFILES[self.profile]
 
     @model_validator(mode="after")
     def _completion(self):
@@ -132,11 +123,10 @@ class FileOutputConfig(BaseDestinationConfig):
 
     def completes_partitions(self) -> bool:
         """Whether partitions are tracked until complete (a completion marker, or Statsig's day signal)."""
-        return self.completion_marker is not None or self.profile == "statsig"
+        return self.output_profile().completes_partitions(self)
 
     def completion_lateness_us(self) -> int:
-        seconds = self.statsig.allowed_lateness_seconds if self.profile == "statsig" else self.completion_lateness_seconds
-        return int(seconds * 1_000_000)
+        return int(self.output_profile().completion_lateness_seconds(self) * 1_000_000)
 
     @field_validator("file_name")
     @classmethod

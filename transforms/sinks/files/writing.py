@@ -11,8 +11,6 @@ from apache_beam.metrics import Metrics
 
 from transforms import commit, deadletter, formats, ledger, partitioning
 from transforms.deadletter import sink_dead_letters
-from transforms.profiles import hackle as hackle_profile
-from transforms.profiles import statsig as statsig_profile
 from transforms.profiles.warehouse import to_warehouse
 from transforms.routes import Route
 from transforms.sinks.files.completion import complete_name, pending_name
@@ -90,8 +88,7 @@ class _WritePartitionFn(beam.DoFn):
         rows = yield from self._subtract_delivered(route_key, storage, partition, rows)
         if self._config.completes_partitions():
             rows = yield from self._completion_check(storage, partition, rows)
-        if self._config.profile == "statsig":
-            rows = yield from self._statsig_checks(rows)
+        rows = yield from self._profile_checks(rows)
         if rows.num_rows == 0:
             return
         for number, start in enumerate(range(0, rows.num_rows, self._config.batch_size), 1):
@@ -131,17 +128,13 @@ class _WritePartitionFn(beam.DoFn):
         Statsig, which never re-reads a finished day) would never see them. Returns the rows to write."""
         if storage.lookup(complete_name(partition)) is None:
             return rows
-        if self._config.profile == "statsig":
-            day = partition.rsplit("/", 1)[-1]
-            reason, error = "day_already_finished", f"{day} was already signalled as finished to Statsig"
-        else:
-            reason, error = "partition_complete", f"{partition} was already marked complete"
+        reason, error = self._config.output_profile().after_completion(partition)
         yield from sink_dead_letters(self._iid, reason, rows, error)
         return rows.slice(0, 0)
 
-    def _statsig_checks(self, rows):
-        """Dead-letter the events Statsig's contract cannot hold. Returns the rest."""
-        _, rejected = statsig_profile.to_events(to_warehouse(rows), self._config.statsig.value_property)
+    def _profile_checks(self, rows):
+        """Dead-letter the events the output profile's importer cannot hold. Returns the rest."""
+        rejected = self._config.output_profile().rejected(to_warehouse(rows), self._config)
         if not rejected:
             return rows
         for index, reason in rejected:
@@ -151,14 +144,9 @@ class _WritePartitionFn(beam.DoFn):
         return rows.filter(pa.array(keep))
 
     def _profile_table(self, rows: pa.Table) -> pa.Table:
-        c = self._config
-        table = to_warehouse(rows)
-        if c.profile == "hackle":
-            table, collisions = hackle_profile.to_hackle(table, c.hackle.metric_property, c.hackle.identifier_paths)
-            if collisions:
-                Metrics.counter(deadletter.NAMESPACE, f"{self._iid}.map_key_collisions").inc(collisions)
-        elif c.profile == "statsig":
-            table, _ = statsig_profile.to_events(table, c.statsig.value_property)
+        table, collisions = self._config.output_profile().shape(to_warehouse(rows), self._config)
+        if collisions:
+            Metrics.counter(deadletter.NAMESPACE, f"{self._iid}.map_key_collisions").inc(collisions)
         return table
 
     def _write(self, storage, book: ledger.Ledger, partition: str, tenant: str, rows, number: int = 1):
