@@ -1,6 +1,7 @@
 """Command-line options of the delivery pipeline (every Beam option is accepted as well)."""
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from transforms import dialects
 from transforms.parse import ParseSettings
 
 _PARSE = ParseSettings(source_id="")  # the parse stage's defaults, so the flags cannot drift from them
@@ -30,7 +31,7 @@ class DeliveryOptions(PipelineOptions):
         parser.add_argument("--app_id_field", default="context.app_id",
                             help="Dotted path of the app id in an event (for partition templates).")
         parser.add_argument("--input_dialect", default="auto",
-                            choices=["auto", "segment", "snowplow", "cloudevents", "otel"],
+                            choices=["auto", *dialects.NAMES],
                             help="The records' dialect; auto detects it per record (docs/events.md, Input dialects).")
         parser.add_argument("--max_event_bytes", type=int, default=_PARSE.max_event_bytes,
                             help="Longer lines are dead-lettered as too_large; a line holding many events (a batch, an "
@@ -94,7 +95,7 @@ FLEX_TEMPLATE_PARAMETERS = (  # (option, label, optional, regexes)
     ("kafka_bootstrap_servers", "Kafka bootstrap servers (streaming)", True, []),
     ("kafka_topic", "Kafka topic (streaming)", True, []),
     ("dead_letter", "Dead-letter folder", False, ["^gs://.+$"]),
-    ("input_dialect", "Input dialect", True, ["^(auto|segment|snowplow|cloudevents|otel)$"]),
+    ("input_dialect", "Input dialect", True, ["^(" + "|".join(("auto", *dialects.NAMES)) + ")$"]),
     ("dedup_window_seconds", "De-duplication window (s)", True, ["^[0-9]+(\\.[0-9]+)?$"]),
     ("allowed_lateness_seconds", "Allowed lateness (s)", True, ["^[0-9]+(\\.[0-9]+)?$"]),
     ("shards", "Dedup shards (batch)", True, ["^[0-9]+$"]),

@@ -23,9 +23,9 @@ import orjson
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
-from transforms import coders, deadletter  # noqa: F401 (coders: registers the Arrow shuffle coder)
+from transforms import coders, deadletter, dialects  # noqa: F401 (coders: registers the Arrow shuffle coder)
 from transforms.deadletter import DEAD_LETTERS
-from transforms.dialects import cloudevents, common, otel, segment, segment_bulk, snowplow
+from transforms.dialects import cloudevents, common, segment, segment_bulk, snowplow
 from transforms.events import batch_schema
 
 _log = logging.getLogger(__name__)
@@ -367,20 +367,13 @@ class _ParseBatchFn(beam.DoFn):
         try:
             obj = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
-            if declared in ("auto", "snowplow") and _may_be_snowplow_text(line):
+            if declared in ("auto", "snowplow") and snowplow.looks_text(line):
                 try:
                     text = line.decode("utf-8")
                 except UnicodeDecodeError as err:
                     yield self._reject("invalid_utf8", "parse", f"invalid UTF-8 at byte {err.start}", line)
                     return
-                limits = self._limits(now)
-                if "\t" in text:
-                    item = common.guarded(None, line, lambda: snowplow.normalise_fields(
-                        snowplow.enriched_from_tsv(text), limits))
-                else:
-                    item = common.guarded(None, line, lambda: snowplow.normalise_fields(
-                        snowplow.enriched_from_tracker(snowplow.query_params(text)), limits))
-                yield from self._append_items([("snowplow", item)], cols)
+                yield from self._append_items([("snowplow", snowplow.text_event(text, line, self._limits(now)))], cols)
                 return
             yield self._classify(line, exc)
             return
@@ -391,7 +384,7 @@ class _ParseBatchFn(beam.DoFn):
         captured = cloudevents.from_http_capture(obj)
         if captured is not None:  # an HTTP request recorded as JSON: what it carried is the record
             obj = captured
-        dialect = _detect(obj) if declared == "auto" else declared
+        dialect = dialects.detect(obj) if declared == "auto" else declared
         if dialect == "segment":
             if type(obj) is not dict:
                 yield self._reject("not_an_object", "parse", f"top level is a JSON {type(obj).__name__}", line)
@@ -407,7 +400,7 @@ class _ParseBatchFn(beam.DoFn):
             if rejected is not None:
                 yield rejected
             return
-        items = self._other_dialect(dialect, obj, line, now)
+        items = dialects.events(dialect, obj, line, self._limits(now))
         self._count_envelope(len(items))
         yield from self._append_items(items, cols)
 
@@ -420,42 +413,6 @@ class _ParseBatchFn(beam.DoFn):
 
     def _limits(self, now: int) -> common.Limits:
         return common.Limits(self._s.source_id, now, self._max_past_us, self._max_future_us)
-
-    def _other_dialect(self, dialect: str, obj, line: bytes, now: int):
-        """``(dialect, Normalised or Rejected)`` for each event a Snowplow, CloudEvents or OTLP record holds."""
-        limits = self._limits(now)
-        if dialect == "cloudevents":
-            if isinstance(obj, dict):
-                return [("cloudevents", common.guarded(None, line, lambda: cloudevents.normalise(obj, limits)))]
-            if isinstance(obj, list):
-                return [("cloudevents", common.guarded(None, orjson.dumps(e), lambda e=e: cloudevents.normalise(e, limits)
-                                                       if isinstance(e, dict) else _not_object(e)))
-                        for e in obj]
-        elif dialect == "otel" and otel.looks_otlp(obj):
-            kind = otel.signal(obj)
-            if kind == "metrics":
-                return [("otel", common.guarded(None, line, lambda: _raise(
-                    "unsupported_signal", "an OTLP metrics export (resourceMetrics): measurements, not events; "
-                                          "OTLP logs and traces are accepted")))]
-            if kind == "traces":
-                return [("otel", common.guarded(None, otel.span_payload(rs, ss, span, ev),
-                                                lambda rs=rs, ss=ss, span=span, ev=ev: otel.normalise_span(
-                                                    rs, ss, span, ev, limits)))
-                        for rs, ss, span, ev in otel.spans(obj)]
-            return [("otel", common.guarded(None, otel.record_payload(rl, sl, rec),
-                                            lambda rl=rl, sl=sl, rec=rec: otel.normalise(rl, sl, rec, limits)))
-                    for rl, sl, rec in otel.records(obj)]
-        elif dialect == "snowplow" and isinstance(obj, dict):
-            if snowplow.looks_enriched_json(obj):
-                return [("snowplow", common.guarded(None, line, lambda: snowplow.normalise_fields(obj, limits)))]
-            many = snowplow.looks_payload_data(obj)
-            return [("snowplow", common.guarded(None, orjson.dumps(p) if many else line, lambda p=p: snowplow.normalise_fields(
-                        snowplow.enriched_from_tracker(p) if isinstance(p, dict) else _not_object(p), limits)))
-                    for p in snowplow.tracker_records(obj)]
-        what = _describe(obj)
-        return [(dialect, common.guarded(None, line, lambda: _raise(
-            "not_an_object" if not isinstance(obj, (dict, list)) else "invalid_field",
-            f"{what} is not {_NAMES.get(dialect, dialect)} record (--input_dialect {dialect})")))]
 
     def _append_items(self, items, cols):
         """Append normalised events to ``cols``; yield the dead letters of rejected ones."""
@@ -522,55 +479,9 @@ class _ParseBatchFn(beam.DoFn):
         return None
 
 
-def _raise(reason: str, error: str):
-    raise segment.Rejected(reason, error)
-
-
-_NAMES = {"otel": "an OpenTelemetry (OTLP JSON) export", "cloudevents": "a CloudEvent",
-          "snowplow": "a Snowplow", "segment": "a Segment"}
-
-
-def _describe(obj) -> str:
-    """What a record looks like, for messages: its dialect when it is another one, else its shape."""
-    if not isinstance(obj, (dict, list)):
-        return f"a JSON {type(obj).__name__}"
-    if isinstance(obj, list):
-        return f"a JSON array of {len(obj)}"
-    found = _detect(obj)
-    if found != "segment":
-        return f"{_NAMES[found]} record"
-    keys = ", ".join(sorted(map(str, obj))[:6])
-    return f"an object with keys {keys}" if keys else "an empty object"
-
-
-def _not_object(value):
-    raise segment.Rejected("not_an_object", f"an entry is a JSON {type(value).__name__}, not an object")
-
-
-def _detect(obj) -> str:
-    """The dialect of a parsed record (see ``transforms.dialects``)."""
-    if isinstance(obj, list):
-        return "cloudevents" if cloudevents.looks_batch(obj) else "segment"
-    if not isinstance(obj, dict):
-        return "segment"
-    if otel.looks_otlp(obj):
-        return "otel"
-    if cloudevents.looks_cloudevent(obj):
-        return "cloudevents"
-    if snowplow.looks_payload_data(obj) or snowplow.looks_tracker(obj) or snowplow.looks_enriched_json(obj):
-        return "snowplow"
-    return "segment"
-
-
 def _may_be_envelope(line: bytes) -> bool:
     head = line.lstrip()[:1]
     return head == b"[" or (head == b"{" and any(k in line for k in (b'"resourceLogs"', b"payload_data", b'"batch"')))
-
-
-def _may_be_snowplow_text(line: bytes) -> bool:
-    """An enriched TSV line or a tracker GET query string (``e=pv&...``, ``/i?e=pv&...``)."""
-    stripped = line.lstrip()
-    return b"\t" in line or stripped.startswith((b"e=", b"/i?", b"/com.snowplowanalytics.snowplow/i?")) or b"&e=" in line
 
 
 def _valid_utf8(line: bytes) -> bool:

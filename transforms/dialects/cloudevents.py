@@ -148,3 +148,21 @@ def normalise(obj: dict, limits: common.Limits) -> common.Normalised:
     except Rejected as rej:
         rej.event_id = event_id
         raise
+
+
+DESCRIPTION = "a CloudEvent"
+
+
+def detect(obj) -> bool:
+    """Whether a parsed record is a CloudEvent (structured mode) or a batch of them."""
+    return looks_batch(obj) if isinstance(obj, list) else isinstance(obj, dict) and looks_cloudevent(obj)
+
+
+def events(obj, line: bytes, limits: common.Limits) -> list | None:
+    """One ``Normalised`` or ``Rejected`` per event the record holds; None when it is no CloudEvent shape."""
+    if isinstance(obj, dict):
+        return [common.guarded(None, line, lambda: normalise(obj, limits))]
+    if isinstance(obj, list):
+        return [common.guarded(None, orjson.dumps(e), lambda e=e: normalise(e, limits) if isinstance(e, dict)
+                               else common.not_object(e)) for e in obj]
+    return None

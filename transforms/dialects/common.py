@@ -83,3 +83,13 @@ def guarded(event_id_hint, payload, fn):
         rej.event_id = rej.event_id or event_id_hint
         rej.payload = payload
         return rej
+
+
+def reject(reason: str, error: str):
+    """Raise the ``Rejected`` of one event (inside ``guarded``, it becomes that event's dead letter)."""
+    raise Rejected(reason, error)
+
+
+def not_object(value):
+    """Reject an entry of a record that is not a JSON object."""
+    raise Rejected("not_an_object", f"an entry is a JSON {type(value).__name__}, not an object")

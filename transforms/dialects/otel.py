@@ -273,3 +273,28 @@ def record_payload(resource_logs: dict, scope_logs: dict, record) -> bytes:
     return orjson.dumps({"resourceLogs": [{"resource": resource_logs.get("resource"),
                                            "scopeLogs": [{"scope": scope_logs.get("scope"),
                                                           "logRecords": [record]}]}]})
+
+
+DESCRIPTION = "an OpenTelemetry (OTLP JSON) export"
+
+
+def detect(obj) -> bool:
+    return isinstance(obj, dict) and looks_otlp(obj)
+
+
+def events(obj, line: bytes, limits: common.Limits) -> list | None:
+    """One ``Normalised`` or ``Rejected`` per log record or span (and span event) of an OTLP export; a metrics
+    export is one ``unsupported_signal``. None when the record is no OTLP export."""
+    if not detect(obj):
+        return None
+    kind = signal(obj)
+    if kind == "metrics":
+        return [common.guarded(None, line, lambda: common.reject(
+            "unsupported_signal", "an OTLP metrics export (resourceMetrics): measurements, not events; "
+                                  "OTLP logs and traces are accepted"))]
+    if kind == "traces":
+        return [common.guarded(None, span_payload(rs, ss, span, ev),
+                               lambda rs=rs, ss=ss, span=span, ev=ev: normalise_span(rs, ss, span, ev, limits))
+                for rs, ss, span, ev in spans(obj)]
+    return [common.guarded(None, record_payload(rl, sl, rec), lambda rl=rl, sl=sl, rec=rec: normalise(rl, sl, rec, limits))
+            for rl, sl, rec in records(obj)]

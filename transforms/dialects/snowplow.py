@@ -314,3 +314,36 @@ def _normalise(fields: dict, event_id: str, limits: common.Limits) -> common.Nor
     user_id = common.id_text(fields.get("user_id"), "user_id")
     return common.build(event_id, kind, name, anonymous_id, user_id, timestamp, received_at, sent_at,
                         context, props, None, limits)
+
+
+DESCRIPTION = "a Snowplow"
+
+
+def detect(obj) -> bool:
+    return isinstance(obj, dict) and (looks_payload_data(obj) or looks_tracker(obj) or looks_enriched_json(obj))
+
+
+def events(obj, line: bytes, limits: common.Limits) -> list | None:
+    """One ``Normalised`` or ``Rejected`` per event: an enriched JSON event, a tracker POST body (one event
+    or a ``payload_data`` batch). None when the record is no JSON object."""
+    if not isinstance(obj, dict):
+        return None
+    if looks_enriched_json(obj):
+        return [common.guarded(None, line, lambda: normalise_fields(obj, limits))]
+    many = looks_payload_data(obj)
+    return [common.guarded(None, orjson.dumps(p) if many else line, lambda p=p: normalise_fields(
+                enriched_from_tracker(p) if isinstance(p, dict) else common.not_object(p), limits))
+            for p in tracker_records(obj)]
+
+
+def looks_text(line: bytes) -> bool:
+    """An enriched TSV line or a tracker GET query string (``e=pv&...``, ``/i?e=pv&...``)."""
+    stripped = line.lstrip()
+    return b"\t" in line or stripped.startswith((b"e=", b"/i?", b"/com.snowplowanalytics.snowplow/i?")) or b"&e=" in line
+
+
+def text_event(text: str, line: bytes, limits: common.Limits):
+    """The ``Normalised`` or ``Rejected`` event of a non-JSON line: enriched TSV, or a tracker GET query."""
+    if "\t" in text:
+        return common.guarded(None, line, lambda: normalise_fields(enriched_from_tsv(text), limits))
+    return common.guarded(None, line, lambda: normalise_fields(enriched_from_tracker(query_params(text)), limits))
