@@ -113,7 +113,7 @@ def build_pipeline(p, inputs, integrations, settings: ParseSettings, dead_letter
         iid = integ.integration_id
         prepared = unique | f"Prepare[{iid}]" >> PrepareForIntegration(integ)
         written = prepared | f"Write[{iid}]" >> REGISTRY[integ.vendor].write(integ)
-        sink_dead.append(written["dead_letters"])
+        sink_dead.append(written.dead_letters)
         outputs["integrations"][iid] = written
     # The destinations' own dead letters (events a destination refused, which no report or load claims).
     sink_dead_files = (sink_dead | "FlattenSinkDeadLetters" >> beam.Flatten()
@@ -139,7 +139,7 @@ def _build_streaming(p, integrations, settings, dead_letter_path, stream) -> dic
                                                                          stream.get("clock"))
         prepared = batches | f"Prepare[{iid}]" >> PrepareForIntegration(integ)
         written = prepared | f"Write[{iid}]" >> REGISTRY[integ.vendor].write(integ)
-        dead_letters.append(written["dead_letters"])
+        dead_letters.append(written.dead_letters)
         outputs["integrations"][iid] = written
     # Every input of the Flatten gets the same windowing (dead letters written as they come).
     windowed = [pc | f"DeadLetterBatches{i}" >> streaming.fire_per_element() for i, pc in enumerate(dead_letters)]

@@ -180,7 +180,7 @@ def run(argv=None) -> int:
             unique = read.events | "Deduplicate" >> DeduplicateEvents()
             written = (unique | "Prepare" >> PrepareForIntegration(export)
                        | "Write" >> REGISTRY[export.vendor].write(export))
-            dead = (read.dead_letters, written["dead_letters"]) | "DeadLetters" >> beam.Flatten()
+            dead = (read.dead_letters, written.dead_letters) | "DeadLetters" >> beam.Flatten()
             dead | "WriteDeadLetters" >> WriteDeadLetters(args.dead_letter)
         result = p.result
     except Exception as exc:

@@ -26,6 +26,7 @@ the next free name ``<name>_1``, ``<name>_2`` ... in a fixed order, so retries f
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable
 
 import orjson
@@ -33,6 +34,8 @@ import orjson
 from transforms import partitioning
 from transforms.secrets import redact
 from transforms.storage import META_BATCH, META_SHA256, KeyUnusable, LookupDenied, PublishError  # noqa: F401
+
+log = logging.getLogger("beamhouse.commit")
 
 REPORT_DIR = "_reports"
 MAX_NAME_COLLISIONS = 1000
@@ -49,8 +52,20 @@ def publish_batch(storage, name_for: Callable[[int], str], data: bytes, records:
 
     Returns the file's report entry: ``path``, ``bytes``, ``records``, ``sha256``, ``status``
     (``published`` or ``already_present``) plus ``extra``. Raises ``PublishError`` (``KeyUnusable`` when
-    the encryption key was refused; nothing was written then).
+    the encryption key was refused; nothing was written then). Logged on ``beamhouse.commit``: each file at
+    debug level, a name that already holds these events under other settings as a warning.
     """
+    entry = _publish_batch(storage, name_for, data, records, batch, content_addressed, **extra)
+    if entry.get("differs"):
+        log.warning("%s already holds these events written under other settings; left as it is (flagged "
+                    "differs in the report)", storage.public_name(entry["path"]))
+    else:
+        log.debug("%s %s (%d records)", entry["status"], storage.public_name(entry["path"]), records)
+    return entry
+
+
+def _publish_batch(storage, name_for, data: bytes, records: int, batch: str | None, content_addressed: bool,
+                   **extra) -> dict:
     digest = hashlib.sha256(data).hexdigest()
     metadata = {META_SHA256: digest, **({META_BATCH: batch} if batch else {})}
     for n in range(MAX_NAME_COLLISIONS):

@@ -8,8 +8,8 @@ A destination module ends with ``DESTINATION = Destination(...)`` and gets one l
   ``preflight() -> list[str]`` (start-up checks run before any work: each problem one line, no secret),
   ``destination() -> str`` (where it delivers, shown to users), ``open_storage(route)`` (file
   destinations: a ``transforms.storage.Storage``) and ``integration_problems(integration)``.
-- ``write``: ``(integration) -> PTransform`` taking prepared event batches and returning at least
-  ``{"dead_letters": ...}`` (plus what it delivered, e.g. ``files`` and ``reports``).
+- ``write``: ``(integration) -> PTransform`` taking prepared event batches and returning a ``WriteResult``:
+  its dead letters (every write returns its failures), and what it delivered.
 - ``ddl``: ``(config) -> str``, the statements a user runs to create its tables (``pipelines.ddl``).
 - ``relocate``: ``(config, output) -> config``, the same export writing under ``output``
   (``pipelines.regenerate --output``).
@@ -24,7 +24,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
+
+
+class WriteResult(NamedTuple):
+    """What a destination's write transform returns: PCollections, None where it has no such output."""
+
+    dead_letters: Any  # dead-letter records of the events it refused (transforms.deadletter.make_record)
+    delivered: Any = None  # one record per published file, load or request
+    reports: Any = None  # one record per delivery report written
+    completed: Any = None  # one record per partition completed (markers, day signals)
 
 
 @dataclass(frozen=True)

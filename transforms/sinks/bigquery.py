@@ -36,7 +36,6 @@ or denied access, fails the run at start with a clear message. Least privilege:
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Iterable
 from typing import Literal
 
@@ -47,12 +46,12 @@ import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 from pydantic import Field
 
-from transforms import deadletter, formats
+from transforms import clients, deadletter, formats
 from transforms.deadletter import DEAD_LETTERS
 from transforms.integrations import BaseDestinationConfig
 from transforms.profiles.warehouse import COLUMNS, JSON_COLUMNS, TIME_COLUMNS, to_warehouse
 from transforms.secrets import SecretField, redact
-from transforms.sinks.base import Destination
+from transforms.sinks.base import Destination, WriteResult
 
 MAX_ROWS_PER_REQUEST = 50_000     # API limit
 MAX_REQUEST_BYTES = 9_000_000     # below the API's 10 MB request limit, leaving room for the envelope
@@ -163,39 +162,23 @@ def chunk_rows(rows: list[dict], sizes: list[int], max_rows: int, max_bytes: int
     return out
 
 
-_clients: dict[tuple, object] = {}
-_lock = threading.Lock()
-
-
 def client_for(config: BigQueryConfig):
     """A cached google-cloud-bigquery client; the key is read here, on the worker."""
-    from google.api_core.client_options import ClientOptions
-    from google.cloud import bigquery
-
     info = config.service_account_json.get() if config.service_account_json is not None else None
-    key = (config.project_id, config.endpoint_url, info, config.location)
-    with _lock:
-        if key in _clients:
-            return _clients[key]
-        if info is not None:
-            from google.oauth2 import service_account
 
-            try:
-                creds = service_account.Credentials.from_service_account_info(orjson.loads(info), scopes=SCOPES)
-            except Exception as exc:  # noqa: BLE001 - never echo the key
-                raise ValueError(f"service_account_json is not a usable service account key ({type(exc).__name__})") from None
-        elif config.endpoint_url:
-            from google.auth.credentials import AnonymousCredentials
+    def make():
+        from google.api_core.client_options import ClientOptions
+        from google.cloud import bigquery
 
-            creds = AnonymousCredentials()
-        else:
-            import google.auth
-
-            creds, _ = google.auth.default(scopes=SCOPES)
+        try:
+            creds, _ = clients.google_credentials(info, config.endpoint_url, SCOPES)
+        except clients.UnusableKey as exc:
+            raise ValueError(str(exc)) from None
         options = ClientOptions(api_endpoint=config.endpoint_url) if config.endpoint_url else None
-        _clients[key] = bigquery.Client(project=config.project_id, credentials=creds, location=config.location,
-                                        client_options=options)
-        return _clients[key]
+        return bigquery.Client(project=config.project_id, credentials=creds, location=config.location,
+                               client_options=options)
+
+    return clients.cached(("bigquery", config.project_id, config.endpoint_url, info, config.location), make)
 
 
 def ensure_table(client, config: BigQueryConfig) -> list[str]:
@@ -372,7 +355,7 @@ class WriteEventsToBigQuery(beam.PTransform):
         fn = _LoadFn if integ.config.method == "file_loads" else _InsertAllFn
         out = tables | "Write" >> beam.ParDo(fn(integ.integration_id, integ.config)).with_outputs(
             DEAD_LETTERS, main="inserted")
-        return {"files": out.inserted, "reports": out.inserted, "dead_letters": out[DEAD_LETTERS]}
+        return WriteResult(out[DEAD_LETTERS], delivered=out.inserted)
 
 
 def _storage_write(tables, integ):
@@ -390,8 +373,7 @@ def _storage_write(tables, integ):
         create_disposition=beam.io.BigQueryDisposition.CREATE_NEVER,
         write_disposition=beam.io.BigQueryDisposition.WRITE_APPEND)
     dead = result.failed_rows_with_errors | "FailedRows" >> beam.Map(_failed_row, iid)
-    empty = tables.pipeline | "NoFiles" >> beam.Create([])
-    return {"files": empty, "reports": empty, "dead_letters": dead}
+    return WriteResult(dead)
 
 
 def _count(row, iid, n):

@@ -29,7 +29,7 @@ from pydantic import Field
 from transforms import coders, deadletter
 from transforms.integrations import BaseDestinationConfig
 from transforms.profiles.warehouse import COLUMNS, JSON_COLUMNS, TIME_COLUMNS, to_warehouse
-from transforms.sinks.base import Destination
+from transforms.sinks.base import Destination, WriteResult
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]{0,62}"
 
@@ -182,7 +182,7 @@ class WriteEventsToDuckDB(beam.PTransform):
                  | "CollectBatches" >> beam.combiners.ToList().with_defaults(tables.windowing.is_default())
                  | "LoadIntoDuckDB" >> beam.ParDo(_LoadIntoDuckDBFn(integ.integration_id, integ.config)))
         empty = tables.pipeline | "NoDeadLetters" >> beam.Create([])
-        return {"files": loads, "reports": loads, "dead_letters": empty}
+        return WriteResult(empty, delivered=loads)
 
 
 def ddl(c: DuckDBConfig) -> str:

@@ -36,6 +36,7 @@ and ``s3:DeleteObject`` there.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import typing
 
@@ -48,6 +49,8 @@ from transforms.profiles.warehouse import COLUMNS
 from transforms.secrets import SecretField, redact
 from transforms.sinks.base import Destination
 from transforms.sinks.staged import BatchFile, LoadOutcome, WriteStagedLoads
+
+log = logging.getLogger("beamhouse.sinks.redshift")
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_$]{0,126}"
 LOADS_TABLE = "_beamhouse_loads"
@@ -369,7 +372,8 @@ class RedshiftLoader:
         hi = max(_max_time(f) for f in files)
         try:  # retried only when the connection broke, on a new connection
             for attempt in retry.attempts(c.max_attempts, lambda e: not isinstance(e, _DataError) and
-                                          is_connection_error(e), first_wait=2, max_wait=30, between=self.close):
+                                          is_connection_error(e), first_wait=2, max_wait=30, between=self.close,
+                                          what=f"redshift {target} load {lid}", logger=log):
                 with attempt:
                     inserted, present = self._transaction(lid, target, manifest_url, rows, lo, hi)
         except _DataError:

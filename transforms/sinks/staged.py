@@ -31,6 +31,7 @@ from apache_beam.metrics import Metrics
 from transforms import coders, deadletter, formats
 from transforms.deadletter import DEAD_LETTERS
 from transforms.profiles.warehouse import TIME_COLUMNS, to_warehouse
+from transforms.sinks.base import WriteResult
 
 
 @dataclass
@@ -220,4 +221,4 @@ class WriteStagedLoads(beam.PTransform):
                  | "GroupByDay" >> coders.GroupTablesByKey()
                  | "StageAndLoad" >> beam.ParDo(_LoadDayFn(integ.integration_id, integ.config, self._open_loader,
                                                            self._format)).with_outputs(DEAD_LETTERS, main="loads"))
-        return {"files": loads.loads, "reports": loads.loads, "dead_letters": loads[DEAD_LETTERS]}
+        return WriteResult(loads[DEAD_LETTERS], delivered=loads.loads)

@@ -2,52 +2,29 @@
 google-cloud-storage clients."""
 from __future__ import annotations
 
-import threading
-
+from transforms import clients
 from transforms.secrets import redact
 from transforms.storage import META_BATCH, META_SHA256, KeyUnusable, LookupDenied, PublishError
 
 SCOPES = ("https://www.googleapis.com/auth/devstorage.read_write",)
 
 
-_clients: dict[tuple, object] = {}
-
-
-_clients_lock = threading.Lock()
-
-
 def client(endpoint_url=None, service_account_json=None, project_id=None):
     """A cached google-cloud-storage client; the service account is read here, on the worker."""
-    from google.cloud import storage
-
     info = service_account_json.get() if service_account_json is not None else None
-    key = (endpoint_url, info, project_id)
-    with _clients_lock:
-        if key in _clients:
-            return _clients[key]
+
+    def make():
+        from google.cloud import storage
+
+        try:
+            creds, key_project = clients.google_credentials(info, endpoint_url, SCOPES)
+        except clients.UnusableKey as exc:
+            raise PublishError(str(exc)) from None
+        project = project_id or key_project or ("anonymous" if endpoint_url and info is None else None)
         options = {"api_endpoint": endpoint_url} if endpoint_url else None
-        if info is not None:
-            import orjson
-            from google.oauth2 import service_account
+        return storage.Client(project=project, credentials=creds, client_options=options)
 
-            try:
-                parsed = orjson.loads(info)
-                creds = service_account.Credentials.from_service_account_info(parsed, scopes=SCOPES)
-            except Exception as exc:  # noqa: BLE001 - never echo the key
-                raise PublishError(f"service_account_json is not a usable service account key "
-                                          f"({type(exc).__name__})") from None
-            project = project_id or parsed.get("project_id")
-        elif endpoint_url:
-            from google.auth.credentials import AnonymousCredentials
-
-            creds, project = AnonymousCredentials(), project_id or "anonymous"
-        else:
-            import google.auth
-
-            creds, default_project = google.auth.default(scopes=SCOPES)
-            project = project_id or default_project
-        _clients[key] = storage.Client(project=project, credentials=creds, client_options=options)
-        return _clients[key]
+    return clients.cached(("gcs", endpoint_url, info, project_id), make)
 
 
 class GCSStorage:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import threading
 
+from transforms import clients
 from transforms.secrets import redact
 from transforms.storage import META_BATCH, META_SHA256, KeyUnusable, LookupDenied, PublishError
 
@@ -20,28 +20,22 @@ def is_kms_refusal(code: str, message: str) -> bool:
     return code.startswith("KMS.") or (code in ("AccessDenied", "InvalidArgument") and "kms" in message.lower())
 
 
-_clients: dict[tuple, object] = {}
-
-
-_clients_lock = threading.Lock()
-
-
 def client(service: str, region: str | None, endpoint_url: str | None, access_key_id=None, secret_access_key=None,
            session_token=None, max_attempts: int = 5):
     """A cached boto3 client. Credentials are resolved here, on the worker, from their references."""
-    import boto3
-    from botocore.config import Config
-
     creds = tuple(s.get() if s is not None else None for s in (access_key_id, secret_access_key, session_token))
-    key = (service, region, endpoint_url, creds, max_attempts)
-    with _clients_lock:
-        if key not in _clients:
-            session = boto3.session.Session(aws_access_key_id=creds[0], aws_secret_access_key=creds[1],
-                                            aws_session_token=creds[2], region_name=region)
-            config = Config(retries={"mode": "standard", "max_attempts": max_attempts},
-                            connect_timeout=10, read_timeout=60, user_agent_extra="beamhouse")
-            _clients[key] = session.client(service, endpoint_url=endpoint_url, config=config)
-        return _clients[key]
+
+    def make():
+        import boto3
+        from botocore.config import Config
+
+        session = boto3.session.Session(aws_access_key_id=creds[0], aws_secret_access_key=creds[1],
+                                        aws_session_token=creds[2], region_name=region)
+        config = Config(retries={"mode": "standard", "max_attempts": max_attempts},
+                        connect_timeout=10, read_timeout=60, user_agent_extra="beamhouse")
+        return session.client(service, endpoint_url=endpoint_url, config=config)
+
+    return clients.cached(("aws", service, region, endpoint_url, creds, max_attempts), make)
 
 
 @contextlib.contextmanager

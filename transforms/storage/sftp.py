@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import threading
 import uuid
 from typing import TYPE_CHECKING
@@ -15,6 +16,8 @@ from transforms.storage import LookupDenied, PublishError
 
 if TYPE_CHECKING:
     from transforms.sinks.sftp import SFTPConfig
+
+log = logging.getLogger("beamhouse.sinks.sftp")
 
 
 class HostKeyRefused(PublishError):
@@ -163,7 +166,8 @@ class SFTPStorage:
         with self._lock:
             try:
                 for attempt in retry.attempts(self._c.max_attempts, lambda e: not isinstance(e, HostKeyRefused),
-                                              first_wait=0.4, max_wait=10, between=reset):
+                                              first_wait=0.4, max_wait=10, between=reset,
+                                              what=f"sftp upload {name}", logger=log):
                     with attempt:
                         return once()
             except PublishError as exc:

@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from transforms import coders
 from transforms.deadletter import DEAD_LETTERS
-from transforms.sinks.base import Destination
+from transforms.sinks.base import Destination, WriteResult
 from transforms.sinks.files.completion import _CompletePartitionsFn
 from transforms.sinks.files.config import FileOutputConfig, FilesConfig, Quota
 from transforms.sinks.files.keying import _KeyByPartitionFn
@@ -62,15 +62,14 @@ class WriteEventsToFiles(beam.PTransform):
                    | "CollectFiles" >> beam.GroupByKey()
                    | "WriteReport" >> beam.ParDo(_WriteReportFn(integ.integration_id, self._vendor, integ.config)))
         dead = (keyed[DEAD_LETTERS], written[DEAD_LETTERS]) | "FlattenSinkDeadLetters" >> beam.Flatten()
-        out = {"files": written.files, "reports": reports, "dead_letters": dead}
+        completed = None
         if integ.config.completes_partitions():
             # After the files (the grouping waits for every file of the run, or of the streaming batch).
-            out["completed"] = (written.files
-                                | "KeyForCompletion" >> beam.Map(lambda f: (f["route"], f))
-                                | "CollectForCompletion" >> beam.GroupByKey()
-                                | "CompletePartitions" >> beam.ParDo(
-                                    _CompletePartitionsFn(integ.integration_id, integ.config)))
-        return out
+            completed = (written.files
+                         | "KeyForCompletion" >> beam.Map(lambda f: (f["route"], f))
+                         | "CollectForCompletion" >> beam.GroupByKey()
+                         | "CompletePartitions" >> beam.ParDo(_CompletePartitionsFn(integ.integration_id, integ.config)))
+        return WriteResult(dead, delivered=written.files, reports=reports, completed=completed)
 
 
 def relocate_path(config, output: str):
