@@ -51,6 +51,8 @@ EXTRAS = {
         "gcp-storage-emulator>=2024.8",
         # Snowflake stand-in (DuckDB behind the Snowflake connector's wire protocol).
         "fakesnow[server]>=0.12.1,<0.13",
+        # Publishes to the local Kafka broker the tests start (tests/servers/kafka.py).
+        "confluent-kafka>=2.6,<3",
         # sFTP server run in-process by the tests.
         "asyncssh>=2.14,<3",
         # The management API's OpenAPI contract is fuzzed (bounded) by schemathesis.

@@ -28,6 +28,7 @@ if __name__ == "__main__":
     # a 1.1 s start-up on this machine).
     gc.disable()
 
+import contextlib
 import logging
 import os
 import re
@@ -53,6 +54,7 @@ from transforms.streaming import BatchByInterval, DeduplicateStream, ReadStream
 
 DEFAULT_BATCH_RUNNER = "FnApiRunner"
 DEFAULT_STREAMING_RUNNER = "BundleBasedDirectRunner"  # the DirectRunner's streaming engine, no download
+DEFAULT_KAFKA_RUNNER = "PrismRunner"  # the local runner that runs Beam's Java KafkaIO (pipelines.runtime)
 # Runners whose workers run on this machine as the job's process or its children (they inherit its environment,
 # which is also how inline secrets reach them without entering the pipeline graph: transforms.secrets).
 LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner",
@@ -149,13 +151,13 @@ def _build_streaming(p, integrations, settings, dead_letter_path, stream) -> dic
     return outputs
 
 
-def streaming_source(opts):
+def streaming_source(opts, kafka_expansion_service: str | None = None):
     """The streaming source the options name, or None for a batch run."""
     if not (opts.input_subscription or opts.input_watch or opts.kafka_topic):
         return None
     return ReadStream(subscription=opts.input_subscription, watch=opts.input_watch,
                       watch_interval=opts.watch_interval_seconds, kafka_servers=opts.kafka_bootstrap_servers,
-                      kafka_topic=opts.kafka_topic)
+                      kafka_topic=opts.kafka_topic, kafka_expansion_service=kafka_expansion_service)
 
 
 def _check_inputs(inputs) -> list[str]:
@@ -230,7 +232,9 @@ def run(argv=None) -> int:
     if source is not None:
         standard.streaming = True
     if standard.runner is None:
-        standard.runner = DEFAULT_STREAMING_RUNNER if standard.streaming else DEFAULT_BATCH_RUNNER
+        # Kafka's reader is Beam's Java KafkaIO, which the DirectRunner's engines cannot run: Prism can.
+        standard.runner = (DEFAULT_KAFKA_RUNNER if opts.kafka_topic else
+                           DEFAULT_STREAMING_RUNNER if standard.streaming else DEFAULT_BATCH_RUNNER)
     if not opts.integrations:
         return report(["--integrations: the integrations file is required"])
     integrations, errors = load_integrations(opts.integrations)
@@ -243,6 +247,8 @@ def run(argv=None) -> int:
         errors.append("--input: at least one input glob is required (or a streaming source)")
     if bool(opts.kafka_topic) != bool(opts.kafka_bootstrap_servers):
         errors.append("--kafka_topic and --kafka_bootstrap_servers go together")
+    if opts.kafka_topic:
+        errors += runtime.kafka_problems(options)
     if opts.input_subscription and not re.fullmatch(r"projects/[^/]+/subscriptions/[^/]+", opts.input_subscription):
         errors.append("--input_subscription: expected projects/PROJECT/subscriptions/NAME")
     if opts.input_watch and str(standard.runner).endswith(("DirectRunner", "BundleBasedDirectRunner")):
@@ -275,7 +281,11 @@ def run(argv=None) -> int:
     memory.memory_settings()
     try:
         p = beam.Pipeline(runner=local.runner(argv, options), options=options)
-        with coders.spill_locally(p):
+        with contextlib.ExitStack() as running:
+            running.enter_context(coders.spill_locally(p))
+            if opts.kafka_topic:  # Beam's Java side of ReadFromKafka, for the time of the run
+                address = running.enter_context(runtime.kafka_expansion_service(_workers_are_local(options)))
+                source = streaming_source(opts, address)
             stream = None if source is None else {"source": source, "dedup_window_seconds": opts.dedup_window_seconds,
                                                   "allowed_lateness_seconds": opts.allowed_lateness_seconds}
             build_pipeline(p, inputs, enabled, settings, opts.dead_letter, per_line=opts.per_line_input, stream=stream)

@@ -19,11 +19,15 @@ Exit status: 0 fetched (or already there), 1 the fetch failed (the tool's own me
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import apache_beam
@@ -35,6 +39,12 @@ PRISM_MODULE = "github.com/apache/beam/sdks/v2/go/cmd/prism"
 BEAM_JAR_CACHE = Path("~/.apache_beam/cache/jars").expanduser()  # Beam's own (subprocess_server.JAR_CACHE)
 KAFKA_VERSION = "4.1.1"  # the broker the tests start (KRaft mode); a client-compatible release line
 KAFKA_SCALA = "2.13"
+# Beam's Java side of ReadFromKafka. Maven Central as reachable here serves no shaded expansion-service jar
+# (beam-sdks-java-io-expansion-service) for the Python SDK's version, but it serves the modules it is built
+# from; 2.73.0 is the newest whose io-kafka, expansion-service and harness resolve together. The expansion
+# protocol is stable across releases: the Python SDK's ReadFromKafka expands against it (tested on Prism).
+BEAM_JAVA_KAFKA = "2.73.0"
+JAVA_KAFKA_CLIENTS = "3.9.1"
 FETCHABLE = ("prism", "flink", "kafka")
 
 
@@ -57,12 +67,13 @@ def flink_job_server_jar(flink_version: str | None = None) -> Path:
     return BEAM_JAR_CACHE / f"beam-runners-flink-{flink_version or default_flink_version()}-job-server-{BEAM_VERSION}.jar"
 
 
-def kafka_expansion_jar() -> Path:
-    return BEAM_JAR_CACHE / f"beam-sdks-java-io-expansion-service-{BEAM_VERSION}.jar"
-
-
 def kafka_libs() -> Path:
     return runtime_dir() / f"kafka_{KAFKA_SCALA}-{KAFKA_VERSION}" / "libs"
+
+
+def kafka_expansion_libs() -> Path:
+    """The classpath of Beam's Kafka expansion service and Java worker pool (``fetch kafka``)."""
+    return runtime_dir() / f"beam-java-kafka-{BEAM_JAVA_KAFKA}" / "libs"
 
 
 def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -132,42 +143,132 @@ def fetch_flink(flink_version: str | None = None) -> int:
     return _maven_copy(f"org.apache.beam:beam-runners-flink-{version}-job-server:{BEAM_VERSION}", jar.parent, jar.name)
 
 
-def fetch_kafka() -> int:
-    """The broker (``kafka_2.13`` and its dependencies, KRaft mode) and Beam's Kafka expansion service."""
+def _maven_libs(dependencies: str, destination: Path, what: str) -> int:
+    """``mvn dependency:copy-dependencies`` of ``dependencies`` (pom ``<dependency>`` elements) with what they
+    need at run time, into ``destination``, whole or not at all."""
     mvn = _tool("mvn")
     if mvn is None:
         return 1
-    libs = kafka_libs()
-    status = 0
-    if not (libs / f"kafka_{KAFKA_SCALA}-{KAFKA_VERSION}.jar").exists():
-        with tempfile.TemporaryDirectory() as work:
-            pom = Path(work) / "pom.xml"
-            pom.write_text(f"""<project xmlns="http://maven.apache.org/POM/4.0.0">
+    if destination.is_dir() and any(destination.glob("*.jar")):
+        print(f"{what}: already at {destination}")
+        return 0
+    with tempfile.TemporaryDirectory() as work:
+        (Path(work) / "pom.xml").write_text(f"""<project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
-  <groupId>beamhouse</groupId><artifactId>kafka-runtime</artifactId><version>1</version>
-  <dependencies>
-    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_{KAFKA_SCALA}</artifactId>
-      <version>{KAFKA_VERSION}</version></dependency>
-    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-simple</artifactId>
-      <version>2.0.16</version></dependency>
+  <groupId>beamhouse</groupId><artifactId>runtime</artifactId><version>1</version>
+  <dependencies>{dependencies}
   </dependencies>
 </project>
 """)
-            staging = Path(work) / "libs"
-            done = _run([mvn, "-B", "-q", "dependency:copy-dependencies", f"-DoutputDirectory={staging}",
-                         "-DincludeScope=runtime"], cwd=work)
-            if done.returncode != 0 or not any(staging.glob("kafka_*.jar")):
-                status = _failed(done, f"kafka {KAFKA_VERSION}")
-            else:
-                libs.parent.mkdir(parents=True, exist_ok=True)
-                shutil.rmtree(libs, ignore_errors=True)
-                shutil.move(str(staging), str(libs))
-                print(f"kafka {KAFKA_VERSION}: {libs}")
-    else:
-        print(f"kafka {KAFKA_VERSION}: already at {libs}")
-    jar = kafka_expansion_jar()
-    return _maven_copy(f"org.apache.beam:beam-sdks-java-io-expansion-service:{BEAM_VERSION}", jar.parent,
-                       jar.name) or status
+        staging = Path(work) / "libs"
+        done = _run([mvn, "-B", "-q", "dependency:copy-dependencies", f"-DoutputDirectory={staging}",
+                     "-DincludeScope=runtime"], cwd=work)
+        if done.returncode != 0 or not any(staging.glob("*.jar")):
+            return _failed(done, what)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(destination, ignore_errors=True)
+        shutil.move(str(staging), str(destination))
+    print(f"{what}: {destination}")
+    return 0
+
+
+def _dependency(group: str, artifact: str, version: str, exclude: str = "") -> str:
+    exclusions = f"<exclusions><exclusion><groupId>{exclude}</groupId><artifactId>*</artifactId></exclusion>" \
+                 "</exclusions>" if exclude else ""
+    return (f"\n    <dependency><groupId>{group}</groupId><artifactId>{artifact}</artifactId>"
+            f"<version>{version}</version>{exclusions}</dependency>")
+
+
+def fetch_kafka() -> int:
+    """A Kafka broker (``kafka_2.13`` and its dependencies, KRaft mode) and Beam's Java side of
+    ``ReadFromKafka``: the Kafka IO, the expansion service and the Java SDK harness (run as a worker pool for
+    local runners), without Confluent's schema-registry serializers (not on Maven Central)."""
+    broker = _maven_libs(_dependency("org.apache.kafka", f"kafka_{KAFKA_SCALA}", KAFKA_VERSION)
+                         + _dependency("org.slf4j", "slf4j-simple", "2.0.16"),
+                         kafka_libs(), f"kafka {KAFKA_VERSION}")
+    beam_java = "org.apache.beam"
+    expansion = _maven_libs(_dependency(beam_java, "beam-sdks-java-io-kafka", BEAM_JAVA_KAFKA, exclude="io.confluent")
+                            + _dependency(beam_java, "beam-sdks-java-expansion-service", BEAM_JAVA_KAFKA)
+                            + _dependency(beam_java, "beam-sdks-java-harness", BEAM_JAVA_KAFKA)
+                            + _dependency("org.apache.kafka", "kafka-clients", JAVA_KAFKA_CLIENTS)
+                            + _dependency("com.github.jbellis", "jamm", "0.4.0")  # the harness's memory meter
+                            + _dependency("org.slf4j", "slf4j-simple", "2.0.16"),
+                            kafka_expansion_libs(), f"Beam {BEAM_JAVA_KAFKA} Kafka expansion service")
+    return broker or expansion
+
+
+JAVA_LOG_LEVEL = "warn"  # the Java services' own logging (slf4j-simple), on the job's standard error
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited at start (status {process.returncode}); see its messages above")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{what} did not listen on port {port} within {timeout:.0f} s")
+
+
+def _die_with_parent() -> None:
+    """In a child before exec (Linux): be sent SIGTERM when the job's process dies, even by SIGKILL."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (AttributeError, OSError):
+        pass
+
+
+@contextlib.contextmanager
+def kafka_expansion_service(local_workers: bool):
+    """Beam's Kafka expansion service, started from the fetched classpath (``fetch kafka``) for the time of a
+    run; yields its address for ``ReadFromKafka(expansion_service=...)``.
+
+    With ``local_workers`` (Prism: the runner's Java steps run on this machine) it also starts Beam's Java
+    worker pool and has the expansion service give ReadFromKafka that pool as its environment (``EXTERNAL``),
+    so no Docker is needed. Otherwise the environment is Beam's default (its Java SDK container, as Dataflow
+    and a Flink cluster run it). Both processes are stopped when the block ends."""
+    java = shutil.which("java")
+    if java is None:
+        raise RuntimeError("java is not installed: Kafka's reader is Beam's Java KafkaIO")
+    classpath = str(kafka_expansion_libs() / "*")
+    base = [java, f"-Dorg.slf4j.simpleLogger.defaultLogLevel={JAVA_LOG_LEVEL}", "-cp", classpath]
+    started: list[subprocess.Popen] = []
+    try:
+        environment = []
+        if local_workers:
+            pool = _free_port()
+            options = json.dumps({"options": {"defaultEnvironmentConfig": f"localhost:{pool}"}})
+            started.append(subprocess.Popen([*base[:1], "-Xmx1g", *base[1:], "org.apache.beam.fn.harness.ExternalWorkerService"],
+                                            env={**os.environ, "PIPELINE_OPTIONS": options}, stdin=subprocess.DEVNULL,
+                                            preexec_fn=_die_with_parent))
+            _wait_for_port(pool, started[-1], "Beam's Java worker pool")
+            environment = ["--defaultEnvironmentType=EXTERNAL", f"--defaultEnvironmentConfig=localhost:{pool}"]
+        port = _free_port()
+        started.append(subprocess.Popen([*base, "org.apache.beam.sdk.expansion.service.ExpansionService", str(port),
+                                         *environment], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         preexec_fn=_die_with_parent))
+        _wait_for_port(port, started[-1], "Beam's Kafka expansion service")
+        yield f"localhost:{port}"
+    finally:
+        for process in reversed(started):
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def runner_problems(options) -> list[str]:
@@ -198,6 +299,21 @@ def runner_problems(options) -> list[str]:
     return problems
 
 
+def kafka_problems(options) -> list[str]:
+    """Start-up check of a Kafka source: a runner that runs Beam's Java KafkaIO, and its Java side fetched."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    name = str(options.view_as(StandardOptions).runner or "").rsplit(".", 1)[-1]
+    problems = []
+    if name in ("DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner", "TestDirectRunner", "FnApiRunner"):
+        problems.append(f"--kafka_topic: the {name}'s engines cannot run Beam's Java KafkaIO; use --runner=PrismRunner "
+                        "(the default for Kafka), FlinkRunner or DataflowRunner")
+    if not kafka_expansion_libs().is_dir():
+        problems.append(f"--kafka_topic: Beam's Kafka expansion service ({BEAM_JAVA_KAFKA}) is not fetched; run "
+                        "python -m pipelines.runtime fetch kafka")
+    return problems
+
+
 def submits_only(options) -> bool:
     """Whether the run is a submission to a service that runs it (Dataflow): the command returns once the
     job is submitted, without waiting (a Flex Template launcher must return; a streaming job never ends).
@@ -209,7 +325,7 @@ def submits_only(options) -> bool:
 
 def status() -> int:
     items = [("prism", prism_binary()), ("flink", flink_job_server_jar()), ("kafka broker", kafka_libs()),
-             ("kafka expansion service", kafka_expansion_jar())]
+             ("kafka expansion service", kafka_expansion_libs())]
     for what, path in items:
         print(f"{what:<24} {'fetched' if path.exists() else 'missing':<8} {path}")
     return 0
@@ -220,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
     fetch = sub.add_parser("fetch", help="fetch a runner's runtime (once; later runs need no network)")
-    fetch.add_argument("what", choices=FETCHABLE, help="what to fetch.")
+    fetch.add_argument("what", choices=FETCHABLE, nargs="+", help="what to fetch (one or more).")
     fetch.add_argument("--flink_version", default=None,
                        help="Flink version of the job server (default: the newest Beam publishes)")
     sub.add_parser("status", help="what is fetched, and where")
@@ -234,11 +350,9 @@ def main(argv=None) -> int:
         return int(exc.code or 0)
     if args.command == "status":
         return status()
-    if args.what == "prism":
-        return fetch_prism()
-    if args.what == "flink":
-        return fetch_flink(args.flink_version)
-    return fetch_kafka()
+    fetchers = {"prism": fetch_prism, "flink": lambda: fetch_flink(args.flink_version), "kafka": fetch_kafka}
+    failed = [what for what in dict.fromkeys(args.what) if fetchers[what]() != 0]
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -81,6 +81,27 @@ def prism():
     return str(runtime.prism_binary())
 
 
+@pytest.fixture(scope="session")
+def kafka_runtime():
+    """Kafka's jars and Beam's Java side of ReadFromKafka, fetched once by the project's own command
+    (``python -m pipelines.runtime fetch kafka``: Maven Central, about a minute the first time)."""
+    from pipelines import runtime
+
+    if not (runtime.kafka_libs().is_dir() and runtime.kafka_expansion_libs().is_dir()):
+        assert runtime.fetch_kafka() == 0, "python -m pipelines.runtime fetch kafka failed"
+    return runtime
+
+
+@pytest.fixture(scope="module")
+def kafka_broker(kafka_runtime):
+    """A real Kafka broker (KRaft) on 127.0.0.1, stopped after the module."""
+    from tests.servers.kafka import start_kafka
+
+    broker = start_kafka(str(kafka_runtime.kafka_libs()))
+    yield broker
+    broker.stop()
+
+
 def runner_argv(runner: str, prism_location: str | None = None, streaming: bool = False) -> list[str]:
     """Beam options naming ``runner`` (with the fetched Prism where it is Prism)."""
     argv = [f"--runner={runner}"] + (["--streaming"] if streaming else [])

@@ -65,6 +65,12 @@ def kafka_lines(record) -> list[bytes]:
     return [structured] if structured is not None else split_message(value or b"")
 
 
+def kafka_consumer_config(servers: str) -> dict:
+    """The Kafka consumer's settings: from the earliest retained record, offsets never committed."""
+    return {"bootstrap.servers": servers, "group.id": "beamhouse", "auto.offset.reset": "earliest",
+            "enable.auto.commit": "false"}
+
+
 def read_file_lines(readable) -> list[bytes]:
     """All lines of a matched file (``fileio.ReadableFile``), decompressed by extension."""
     from apache_beam.io.filesystem import CompressionTypes
@@ -78,10 +84,11 @@ def read_file_lines(readable) -> list[bytes]:
 class ReadStream(beam.PTransform):
     """Raw lines from one streaming source (see the module docstring)."""
 
-    def __init__(self, subscription=None, watch=None, watch_interval=10.0, kafka_servers=None, kafka_topic=None):
+    def __init__(self, subscription=None, watch=None, watch_interval=10.0, kafka_servers=None, kafka_topic=None,
+                 kafka_expansion_service=None):
         super().__init__()
         self._subscription, self._watch, self._interval = subscription, watch, watch_interval
-        self._kafka = (kafka_servers, kafka_topic)
+        self._kafka = (kafka_servers, kafka_topic, kafka_expansion_service)
 
     def expand(self, p):
         if self._subscription:
@@ -93,12 +100,15 @@ class ReadStream(beam.PTransform):
             return (p | "WatchFiles" >> fileio.MatchContinuously(self._watch, interval=self._interval)
                     | "ReadMatches" >> fileio.ReadMatches()
                     | "ReadLines" >> beam.FlatMap(read_file_lines))
-        servers, topic = self._kafka
+        servers, topic, expansion = self._kafka
         from apache_beam.io.kafka import ReadFromKafka
 
-        return (p | "ReadKafka" >> ReadFromKafka(consumer_config={"bootstrap.servers": servers,
-                                                                  "group.id": "beamhouse"},
-                                                 topics=[topic], with_metadata=True)
+        # The job commits no offsets: a stopped or crashed job's successor reads the topic from its first
+        # retained record again, and the destinations' idempotence (the files' ledger, keyed MERGE/dedup in
+        # the warehouses) drops what was delivered before. Nothing buffered is lost, nothing is doubled.
+        return (p | "ReadKafka" >> ReadFromKafka(consumer_config=kafka_consumer_config(servers),
+                                                 topics=[topic], with_metadata=True,
+                                                 **({"expansion_service": expansion} if expansion else {}))
                 | "KafkaValues" >> beam.FlatMap(kafka_lines))
 
 

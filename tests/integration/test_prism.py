@@ -123,10 +123,12 @@ def test_a_watched_folder_on_prism_delivers_each_file_added_while_the_job_runs_o
     first, truth = generate(120, seed=31, tenants=2, bad=False, source_id=SOURCE)
     second, truth2 = generate(80, seed=32, tenants=2, bad=False, source_id=SOURCE)
     (tmp_path / "in" / "a.ndjson").write_bytes(b"\n".join(first) + b"\n")
+    log = open(tmp_path / "job.log", "w")
     job = subprocess.Popen([sys.executable, "-m", "pipelines.deliver", f"--integrations={tmp_path / 'i.json'}",
                             f"--input_watch={tmp_path / 'in' / '*.ndjson'}", "--watch_interval_seconds=1",
                             f"--dead_letter={tmp_path / 'dead'}", "--runner=PrismRunner"], cwd=REPO,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                           # to a file: a pipe nobody reads until the end fills up and stalls the job
+                           stdout=log, stderr=subprocess.STDOUT, text=True)
 
     def wait_for(ids: set[str], seconds: float = 120) -> list[str]:
         deadline = time.monotonic() + seconds
@@ -134,7 +136,7 @@ def test_a_watched_folder_on_prism_delivers_each_file_added_while_the_job_runs_o
             got = _lake_ids(tmp_path / "lake") if (tmp_path / "lake").exists() else []
             if set(got) >= ids:
                 return got
-            assert job.poll() is None, job.communicate()[1][-3000:]
+            assert job.poll() is None, (tmp_path / "job.log").read_text()[-3000:]
             time.sleep(1)
         raise AssertionError(f"not delivered within {seconds} s: {len(ids - set(got))} events")
 
@@ -147,10 +149,10 @@ def test_a_watched_folder_on_prism_delivers_each_file_added_while_the_job_runs_o
     finally:
         job.send_signal(signal.SIGINT)
         try:
-            job.communicate(timeout=60)
+            job.wait(timeout=60)
         except subprocess.TimeoutExpired:
             job.kill()
-            job.communicate()
+            job.wait()
     ids = _lake_ids(tmp_path / "lake")
     assert len(ids) == len(set(ids)) and set(ids) == expected
     listed = [f["path"] for r in (tmp_path / "lake" / "_reports").glob("*.report")
