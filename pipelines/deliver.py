@@ -54,7 +54,7 @@ from transforms.streaming import BatchByInterval, DeduplicateStream, ReadStream
 
 DEFAULT_BATCH_RUNNER = "FnApiRunner"
 DEFAULT_STREAMING_RUNNER = "BundleBasedDirectRunner"  # the DirectRunner's streaming engine, no download
-DEFAULT_KAFKA_RUNNER = "PrismRunner"  # the local runner that runs Beam's Java KafkaIO (pipelines.runtime)
+PRISM = "PrismRunner"  # the local default for Kafka and watched folders (pipelines.runtime fetches it)
 # Runners whose workers run on this machine as the job's process or its children (they inherit its environment,
 # which is also how inline secrets reach them without entering the pipeline graph: transforms.secrets).
 LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner",
@@ -232,8 +232,10 @@ def run(argv=None) -> int:
     if source is not None:
         standard.streaming = True
     if standard.runner is None:
-        # Kafka's reader is Beam's Java KafkaIO, which the DirectRunner's engines cannot run: Prism can.
-        standard.runner = (DEFAULT_KAFKA_RUNNER if opts.kafka_topic else
+        # Kafka's reader is Beam's Java KafkaIO and a watched folder needs splittable DoFns, neither of which the
+        # DirectRunner's engines run: Prism does. Pub/Sub's reader is runner-native: the DirectRunner's (Prism
+        # has none).
+        standard.runner = (PRISM if opts.kafka_topic or opts.input_watch else
                            DEFAULT_STREAMING_RUNNER if standard.streaming else DEFAULT_BATCH_RUNNER)
     if not opts.integrations:
         return report(["--integrations: the integrations file is required"])
@@ -252,9 +254,11 @@ def run(argv=None) -> int:
     if opts.input_subscription and not re.fullmatch(r"projects/[^/]+/subscriptions/[^/]+", opts.input_subscription):
         errors.append("--input_subscription: expected projects/PROJECT/subscriptions/NAME")
     if opts.input_watch and str(standard.runner).endswith(("DirectRunner", "BundleBasedDirectRunner")):
-        errors.append("--input_watch needs a runner with splittable DoFns (Dataflow, Flink, Prism); the local "
-                      "DirectRunner's streaming engine has none: use --input_subscription with the Pub/Sub "
-                      "emulator locally")
+        errors.append("--input_watch needs a runner with splittable DoFns (Prism, the default for it; Dataflow, "
+                      "Flink); the DirectRunner's streaming engine has none")
+    if opts.input_subscription and str(standard.runner).endswith("PrismRunner"):
+        errors.append("--input_subscription: Prism has no Pub/Sub reader (Beam's is runner-native); run Pub/Sub on "
+                      "the default BundleBasedDirectRunner locally, or on Dataflow")
     for name in ("dedup_window_seconds", "allowed_lateness_seconds", "watch_interval_seconds"):
         if getattr(opts, name) <= 0:
             errors.append(f"--{name}: must be positive")

@@ -109,8 +109,8 @@ def _lake_ids(root: Path) -> list[str]:
 
 
 def test_a_watched_folder_on_prism_delivers_each_file_added_while_the_job_runs_once(tmp_path, prism):
-    """--input_watch needs splittable DoFns (refused on the DirectRunner's streaming engine): on Prism, files
-    written while the job runs are delivered once each, with their reports."""
+    """--input_watch needs splittable DoFns (refused on the DirectRunner's streaming engine): on Prism, its
+    default runner, files written while the job runs are delivered once each, with their reports."""
     import signal
     import subprocess
     import sys
@@ -126,7 +126,7 @@ def test_a_watched_folder_on_prism_delivers_each_file_added_while_the_job_runs_o
     log = open(tmp_path / "job.log", "w")
     job = subprocess.Popen([sys.executable, "-m", "pipelines.deliver", f"--integrations={tmp_path / 'i.json'}",
                             f"--input_watch={tmp_path / 'in' / '*.ndjson'}", "--watch_interval_seconds=1",
-                            f"--dead_letter={tmp_path / 'dead'}", "--runner=PrismRunner"], cwd=REPO,
+                            f"--dead_letter={tmp_path / 'dead'}"], cwd=REPO,  # Prism: the default for it
                            # to a file: a pipe nobody reads until the end fills up and stalls the job
                            stdout=log, stderr=subprocess.STDOUT, text=True)
 

@@ -202,13 +202,20 @@ def test_partitions_and_statsig_days_complete_only_once_received_data_passes_the
 
 
 def test_watched_prefix_is_refused_on_the_local_streaming_engine(tmp_path, capsys):
-    """--input_watch is built on fileio.MatchContinuously (a splittable DoFn): Dataflow, Flink and Prism run
-    it; the DirectRunner's streaming engine cannot, so the job says so at start instead of failing in Beam."""
+    """--input_watch is built on fileio.MatchContinuously (a splittable DoFn): Dataflow, Flink and Prism (its
+    default) run it; the DirectRunner's streaming engine cannot, so the job says so at start instead of failing
+    in Beam. Likewise Pub/Sub's reader is runner-native, which Prism lacks."""
     (tmp_path / "i.json").write_bytes(orjson.dumps([{"source_id": "src", "vendor": "files", "name": "Lake",
                                                      "config": {"path": str(tmp_path / "lake")}}]))
-    code = deliver.run([f"--integrations={tmp_path / 'i.json'}", f"--input_watch={tmp_path / 'in' / '*.ndjson'}"])
+    code = deliver.run([f"--integrations={tmp_path / 'i.json'}", f"--input_watch={tmp_path / 'in' / '*.ndjson'}",
+                        "--runner=BundleBasedDirectRunner"])
     assert code == 2
     assert "--input_watch needs a runner with splittable DoFns" in capsys.readouterr().err
+    code = deliver.run([f"--integrations={tmp_path / 'i.json'}", "--runner=PrismRunner",
+                        "--input_subscription=projects/p/subscriptions/s"])
+    assert code == 2
+    assert "--input_subscription: Prism has no Pub/Sub reader" in capsys.readouterr().err
+    assert not (tmp_path / "lake").exists()
 
 
 def test_scheduled_sftp_export_sends_what_arrived_per_period_late_events_in_their_old_partition(tmp_path):
