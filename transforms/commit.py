@@ -58,9 +58,9 @@ def publish_batch(storage, name_for: Callable[[int], str], data: bytes, records:
     entry = _publish_batch(storage, name_for, data, records, batch, content_addressed, **extra)
     if entry.get("differs"):
         log.warning("%s already holds these events written under other settings; left as it is (flagged "
-                    "differs in the report)", storage.public_name(entry["path"]))
+                    "differs in the report)", entry["path"])
     else:
-        log.debug("%s %s (%d records)", entry["status"], storage.public_name(entry["path"]), records)
+        log.debug("%s %s (%d records)", entry["status"], entry["path"], records)
     return entry
 
 

@@ -67,7 +67,9 @@ def start_kafka(libs: str, timeout: float = 90.0) -> KafkaBroker:
     with open(config, "w") as fh:
         fh.write(PROPERTIES.format(port=port, controller=controller, data=os.path.join(folder.name, "data")))
     classpath = ["java", "-Xmx512m", "-cp", os.path.join(libs, "*")]
-    cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    cluster = "-"
+    while cluster.startswith("-"):  # the tool would read a leading "-" as an option
+        cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     subprocess.run([*classpath, "kafka.tools.StorageTool", "format", "-t", cluster, "-c", config, "--standalone"],
                    check=True, capture_output=True, timeout=120)
     log = open(os.path.join(folder.name, "broker.log"), "wb")
