@@ -42,7 +42,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from pipelines import cli, memory, runtime
 from pipelines.options import DeliveryOptions
 from pipelines.problems import report
-from transforms import accounting, coders, configdb, secrets, streaming
+from transforms import accounting, coders, configdb, ledger, secrets, streaming
 from transforms.deadletter import WriteDeadLetters
 from transforms.dedup import DeduplicateEvents
 from transforms.integrations import load_integrations
@@ -317,6 +317,8 @@ def run(argv=None) -> int:
         log.debug("run failed", exc_info=True)
         print(f"run failed: {type(exc).__name__}: {secrets.redact(str(exc))}", file=sys.stderr)
         return 1
+    finally:
+        ledger.end_runs()  # a next run in this process adopts what this one left unreported
     summary = accounting.summarise(accounting.counters(result), enabled)
     print(accounting.format_summary(summary))
     if summary["dead_letters"]["total"] or any(e["sink_dead_letters"] for e in summary["integrations"].values()):

@@ -34,7 +34,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from pipelines import cli, memory, runtime
 from pipelines.problems import report
-from transforms import accounting, coders, secrets
+from transforms import accounting, coders, ledger, secrets
 from transforms.archive import read_lines, reported_files, rows_to_batch
 from transforms.deadletter import WriteDeadLetters, count, make_record
 from transforms.dedup import DeduplicateEvents
@@ -187,6 +187,8 @@ def run(argv=None) -> int:
         logging.getLogger("beamhouse").debug("regeneration failed", exc_info=True)
         print(f"run failed: {type(exc).__name__}: {secrets.redact(str(exc))}", file=sys.stderr)
         return 1
+    finally:
+        ledger.end_runs()  # a next run in this process adopts what this one left unreported
     values = accounting.counters(result)
     iid = export.integration_id
     summary = {"from": args.start, "to": args.end, "output": args.output, "export": iid,

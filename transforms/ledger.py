@@ -47,6 +47,7 @@ from transforms.storage import LookupDenied
 LEDGER_DIR = "_ledger"
 _ENTRY, _MARK = ".ids", ".reported"
 _NO_IDS = pa.array([], pa.string())
+_LIVE_RUNS: set[str] = set()  # runs with a ledger in this process that have not ended (``end_runs``)
 ADOPT_AFTER_SECONDS = 86_400  # an unreported file from another machine's run is taken as abandoned after this
 
 
@@ -91,6 +92,8 @@ class Ledger:
     def __init__(self, storage, run_id: str = ""):
         self._storage = storage
         self._run_id = run_id  # this run's: its own unreported files are never adopted
+        if run_id:
+            _LIVE_RUNS.add(run_id)
         self._ids: dict[str, pa.Array] = {}
         self._reported_paths: set | None = None  # every path the root's reports list, read only if needed
         self.unavailable = False  # the store refused listing or reading the ledger
@@ -172,7 +175,10 @@ class Ledger:
             return False
         if writer.get("host") == socket.gethostname() and writer.get("process"):
             pid = int(str(writer["process"]).split()[0])
-            return process_identity(pid) != writer["process"]
+            if process_identity(pid) != writer["process"]:
+                return True  # its process has gone
+            # This very process (an in-process runner, run after run): over once the entry point ended it.
+            return pid == os.getpid() and writer.get("run") not in _LIVE_RUNS
         return time.time() - float(writer.get("at", 0)) > ADOPT_AFTER_SECONDS
 
     def mark_reported(self, partition: str, batch: str) -> None:
@@ -187,3 +193,9 @@ class Ledger:
                 paths.update(f["path"] for f in orjson.loads(self._storage.read(name)).get("files", []))
             self._reported_paths = paths
         return self._reported_paths
+
+
+def end_runs() -> None:
+    """Say that the runs this process started have ended, failed or not (the entry points call it after each
+    run): the next run in the same process then adopts their unreported files, as it would a dead process's."""
+    _LIVE_RUNS.clear()

@@ -71,3 +71,25 @@ def test_a_disk_filling_up_fails_the_run_cleanly_and_the_next_run_delivers_every
     listed = check_report_integrity(lake)
     on_disk = [p for p in lake.rglob("*.parquet") if not p.relative_to(lake).parts[0].startswith("_")]
     assert sorted(listed) == sorted(on_disk)  # the failed run's files were adopted into a report
+
+
+def test_in_one_process_the_run_after_a_failed_one_lists_the_failed_runs_files(tmp_path, monkeypatch, capsys):
+    """An in-process runner (a process that runs run after run: an embedding, a notebook) outlives a failed
+    run: the next run must still take that run as over and list its files (before, five data files were left
+    in no report)."""
+    from pipelines import deliver as deliver_module
+    from transforms.storage import local
+
+    lines, truth = generate(n=1500, seed=61, tenants=3, bad=False, source_id="s")
+    (tmp_path / "in.ndjson").write_bytes(b"\n".join(lines) + b"\n")
+    (tmp_path / "i.json").write_bytes(orjson.dumps([{"source_id": "s", "vendor": "files", "name": "Lake", "config": {
+        "path": str(tmp_path / "lake"), "file_format": "parquet", "batch_size": 40,
+        "consent": {"require": ["analytics"]}}}]))
+    argv = [f"--integrations={tmp_path / 'i.json'}", f"--input={tmp_path / 'in.ndjson'}",
+            f"--dead_letter={tmp_path / 'dead'}", "--runner=FnApiRunner"]
+    monkeypatch.setattr(local, "os", _FillingDisk(25))
+    assert deliver_module.run(argv) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    monkeypatch.setattr(local, "os", os)
+    assert deliver_module.run(argv) == 0
+    assert set(check_no_duplicate(tmp_path / "lake")) == consented_ids(truth)  # every data file in a report

@@ -74,3 +74,15 @@ def test_a_file_of_a_run_that_stopped_before_its_report_is_listed_by_the_next(tm
     ledger.Ledger(storage, run_id="first").record(PARTITION, "b1", record, ["a"])
     monkeypatch.setattr("transforms.coders.process_identity", lambda pid: None)
     assert ledger.Ledger(storage, run_id="second").record(PARTITION, "b1", record, ["a"]) is True
+
+
+def test_an_ended_runs_unreported_file_is_adopted_by_the_next_run_in_the_same_process(tmp_path):
+    """An in-process runner runs run after run in one process, which stays alive: a run the entry point ended
+    (failed before its report) is over, and the next adopts its files, as it would a dead process's."""
+    storage = LocalStorage(str(tmp_path))
+    record = _publish(storage, ledger.Ledger(storage, run_id="failed"), "b1", ["a"])
+    held, adopt = ledger.Ledger(storage, run_id="concurrent").delivered(PARTITION)
+    assert held.to_pylist() == [] and adopt == []  # not ended: still running, left alone
+    ledger.end_runs()
+    held, adopt = ledger.Ledger(storage, run_id="next").delivered(PARTITION)
+    assert held.to_pylist() == ["a"] and [a["path"] for a in adopt] == [record["path"]]
