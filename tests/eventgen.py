@@ -137,6 +137,9 @@ def consented_ids(truth) -> set[str]:
     return {k for k, v in truth["unique"].items() if v["consented"]}
 
 
+CHUNK = 1_000_000
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=300)
@@ -146,9 +149,13 @@ def main() -> None:
     parser.add_argument("--no_bad", action="store_true", help="leave out the malformed lines")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    lines, _ = generate(args.events, args.seed, args.tenants, bad=not args.no_bad, source_id=args.source_id)
+    # In chunks of CHUNK events (seed, seed + 1, ...: ids stay unique), so 10M events fit in memory; up to
+    # CHUNK events the output is generate()'s as it was.
     with open(args.out, "wb") as fh:
-        fh.write(b"\n".join(lines) + b"\n")
+        for number, start in enumerate(range(0, args.events, CHUNK)):
+            lines, _ = generate(min(CHUNK, args.events - start), args.seed + number, args.tenants,
+                                bad=not args.no_bad, source_id=args.source_id)
+            fh.write(b"\n".join(lines) + b"\n")
 
 
 if __name__ == "__main__":
