@@ -206,7 +206,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: float = 90.0) -> None:
+def wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: float = 90.0) -> None:
+    """Return once ``process`` listens on 127.0.0.1:``port``; raise if it exits first or ``timeout`` passes."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -253,13 +254,13 @@ def kafka_expansion_service(local_workers: bool):
             started.append(subprocess.Popen([*base[:1], "-Xmx1g", *base[1:], "org.apache.beam.fn.harness.ExternalWorkerService"],
                                             env={**os.environ, "PIPELINE_OPTIONS": options}, stdin=subprocess.DEVNULL,
                                             preexec_fn=_die_with_parent))
-            _wait_for_port(pool, started[-1], "Beam's Java worker pool")
+            wait_for_port(pool, started[-1], "Beam's Java worker pool")
             environment = ["--defaultEnvironmentType=EXTERNAL", f"--defaultEnvironmentConfig=localhost:{pool}"]
         port = _free_port()
         started.append(subprocess.Popen([*base, "org.apache.beam.sdk.expansion.service.ExpansionService", str(port),
                                          *environment], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                          preexec_fn=_die_with_parent))
-        _wait_for_port(port, started[-1], "Beam's Kafka expansion service")
+        wait_for_port(port, started[-1], "Beam's Kafka expansion service")
         yield f"localhost:{port}"
     finally:
         for process in reversed(started):

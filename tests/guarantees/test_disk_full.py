@@ -43,9 +43,8 @@ def _run_on_a_filling_disk(room: int, argv: list[str]) -> subprocess.CompletedPr
     return subprocess.run([sys.executable, "-c", code, *argv], cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
-# The room runs out at a data file's write, or just after it, at its ledger entry's.
-@pytest.mark.parametrize("room", [24, 25])
-def test_a_disk_filling_up_fails_the_run_cleanly_and_the_next_run_delivers_everything_once(tmp_path, room):
+def _prepare(tmp_path):
+    """1500 events to a Parquet lake in batches of 40: ``(lines, truth, argv)``."""
     lines, truth = generate(n=1500, seed=61, tenants=3, bad=False, source_id="s")
     (tmp_path / "in.ndjson").write_bytes(b"\n".join(lines) + b"\n")
     (tmp_path / "i.json").write_bytes(orjson.dumps([{"source_id": "s", "vendor": "files", "name": "Lake", "config": {
@@ -53,6 +52,13 @@ def test_a_disk_filling_up_fails_the_run_cleanly_and_the_next_run_delivers_every
         "consent": {"require": ["analytics"]}}}]))
     argv = [f"--integrations={tmp_path / 'i.json'}", f"--input={tmp_path / 'in.ndjson'}",
             f"--dead_letter={tmp_path / 'dead'}", f"--summary={tmp_path / 'summary.json'}", "--runner=FnApiRunner"]
+    return lines, truth, argv
+
+
+# The room runs out at a data file's write, or just after it, at its ledger entry's.
+@pytest.mark.parametrize("room", [24, 25])
+def test_a_disk_filling_up_fails_the_run_cleanly_and_the_next_run_delivers_everything_once(tmp_path, room):
+    lines, truth, argv = _prepare(tmp_path)
     failed = _run_on_a_filling_disk(room, argv)
     assert failed.returncode == 1, failed.stderr[-2000:]
     assert "No space left on device" in failed.stderr
@@ -80,13 +86,7 @@ def test_in_one_process_the_run_after_a_failed_one_lists_the_failed_runs_files(t
     from pipelines import deliver as deliver_module
     from transforms.storage import local
 
-    lines, truth = generate(n=1500, seed=61, tenants=3, bad=False, source_id="s")
-    (tmp_path / "in.ndjson").write_bytes(b"\n".join(lines) + b"\n")
-    (tmp_path / "i.json").write_bytes(orjson.dumps([{"source_id": "s", "vendor": "files", "name": "Lake", "config": {
-        "path": str(tmp_path / "lake"), "file_format": "parquet", "batch_size": 40,
-        "consent": {"require": ["analytics"]}}}]))
-    argv = [f"--integrations={tmp_path / 'i.json'}", f"--input={tmp_path / 'in.ndjson'}",
-            f"--dead_letter={tmp_path / 'dead'}", "--runner=FnApiRunner"]
+    _, truth, argv = _prepare(tmp_path)
     monkeypatch.setattr(local, "os", _FillingDisk(25))
     assert deliver_module.run(argv) == 1
     assert "No space left on device" in capsys.readouterr().err

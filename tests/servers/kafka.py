@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import base64
 import os
-import socket
 import subprocess
 import tempfile
-import time
 import uuid
 from dataclasses import dataclass
 
+from pipelines.runtime import wait_for_port
 from tests.servers.processes import Server, free_port
 
 PROPERTIES = """process.roles=broker,controller
@@ -76,14 +75,9 @@ def start_kafka(libs: str, timeout: float = 90.0) -> KafkaBroker:
     process = subprocess.Popen([*classpath, "kafka.Kafka", config], stdout=log, stderr=subprocess.STDOUT,
                                start_new_session=True)
     server = Server("kafka", f"127.0.0.1:{port}", process)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the Kafka broker exited with {process.returncode}; see {log.name}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return KafkaBroker(server, f"127.0.0.1:{port}", folder)
-        except OSError:
-            time.sleep(0.2)
-    server.stop()
-    raise RuntimeError(f"the Kafka broker did not listen on 127.0.0.1:{port} within {timeout} s")
+    try:
+        wait_for_port(port, process, f"the Kafka broker (its log: {log.name})", timeout)
+    except RuntimeError:
+        server.stop()
+        raise
+    return KafkaBroker(server, f"127.0.0.1:{port}", folder)
