@@ -244,23 +244,25 @@ def kafka_expansion_service(local_workers: bool):
     if java is None:
         raise RuntimeError("java is not installed: Kafka's reader is Beam's Java KafkaIO")
     classpath = str(kafka_expansion_libs() / "*")
-    base = [java, f"-Dorg.slf4j.simpleLogger.defaultLogLevel={JAVA_LOG_LEVEL}", "-cp", classpath]
     started: list[subprocess.Popen] = []
+
+    def start(main_class: str, args: list[str], port: int, what: str, heap: str, **popen) -> None:
+        started.append(subprocess.Popen(
+            [java, f"-Xmx{heap}", f"-Dorg.slf4j.simpleLogger.defaultLogLevel={JAVA_LOG_LEVEL}", "-cp", classpath,
+             main_class, *args], stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent, **popen))
+        wait_for_port(port, started[-1], what)
+
     try:
         environment = []
         if local_workers:
             pool = _free_port()
             options = json.dumps({"options": {"defaultEnvironmentConfig": f"localhost:{pool}"}})
-            started.append(subprocess.Popen([*base[:1], "-Xmx1g", *base[1:], "org.apache.beam.fn.harness.ExternalWorkerService"],
-                                            env={**os.environ, "PIPELINE_OPTIONS": options}, stdin=subprocess.DEVNULL,
-                                            preexec_fn=_die_with_parent))
-            wait_for_port(pool, started[-1], "Beam's Java worker pool")
+            start("org.apache.beam.fn.harness.ExternalWorkerService", [], pool, "Beam's Java worker pool", "1g",
+                  env={**os.environ, "PIPELINE_OPTIONS": options})
             environment = ["--defaultEnvironmentType=EXTERNAL", f"--defaultEnvironmentConfig=localhost:{pool}"]
         port = _free_port()
-        started.append(subprocess.Popen([*base, "org.apache.beam.sdk.expansion.service.ExpansionService", str(port),
-                                         *environment], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                         preexec_fn=_die_with_parent))
-        wait_for_port(port, started[-1], "Beam's Kafka expansion service")
+        start("org.apache.beam.sdk.expansion.service.ExpansionService", [str(port), *environment], port,
+              "Beam's Kafka expansion service", "512m", stdout=subprocess.DEVNULL)
         yield f"localhost:{port}"
     finally:
         for process in reversed(started):

@@ -19,11 +19,11 @@ is also off, with one warning, when the installed apache-beam is not the version
 against (``TESTED_BEAM``): ``tests/unit/test_local_start.py`` fails when Beam's code they copy or override
 changes, and says what to re-check.
 
-Only the standard library is imported here, so entry points can ask before they import Beam::
+Only the standard library is imported here, so entry points use it before they import Beam::
 
-    if local.fast_start(argv):
-        from pipelines.local import standby
-        standby.prestart(argv, preload="pipelines.deliver")
+    local.prestart(argv, preload="pipelines.deliver")     # first thing in __main__
+    p = beam.Pipeline(runner=local.runner(argv, options), options=options)
+    local.finish(argv, status)                            # the way out
 """
 from __future__ import annotations
 
